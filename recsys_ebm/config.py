@@ -1,0 +1,53 @@
+"""Frozen dataclass configs: validated on construction, loadable from TOML, flat dicts for MLflow."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+C = TypeVar("C", bound="Config")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Base for every config: ``from_dict`` rejects unknown keys by name, ``to_dict`` feeds MLflow."""
+
+    @classmethod
+    def from_dict(cls: type[C], values: dict[str, Any]) -> C:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown option(s) {unknown}; known: {sorted(names)}")
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        coerced = {}
+        for key, value in values.items():
+            # TOML and CLI values arrive as int where a float is declared; accept them
+            if types[key] in ("float", float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            coerced[key] = value
+        return cls(**coerced)
+
+    @classmethod
+    def from_toml(cls: type[C], path: str | Path, table: str | None = None) -> C:
+        """Read ``[table]`` (or the whole file) of a TOML file."""
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+        if table is not None:
+            if table not in data:
+                raise ValueError(f"{path}: no [{table}] table; found {sorted(data)}")
+            data = data[table]
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``condition``; used in ``__post_init__``."""
+    if not condition:
+        raise ValueError(message)

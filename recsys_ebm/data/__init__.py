@@ -1,0 +1,1 @@
+"""Data layer: MovieLens registry and download, generic readers, id maps, interactions, splits."""

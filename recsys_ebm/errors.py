@@ -1,0 +1,13 @@
+"""Exceptions the toolkit raises on purpose, so callers can tell them from bugs."""
+
+
+class DataError(ValueError):
+    """Bad input data: names the file, column and an offending value."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is neither on disk nor downloadable; says where to put the files."""
+
+
+class ModelFitError(RuntimeError):
+    """Training diverged (NaN/inf loss or parameters); names the epoch."""

@@ -1,0 +1,92 @@
+"""Model files: plain tensors (loaded with ``weights_only=True``) + JSON; never pickle.
+
+A saved model is a directory::
+
+    config.json   {"model": NAME, "config": {...}, "meta": {...}}
+    weights.pt    dict[str, torch.Tensor], loaded with torch.load(weights_only=True)
+
+It is written to a temporary sibling directory and renamed into place, so an interrupted
+save leaves any previous model at ``path`` intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+def save_model_dir(path: str | Path, model_name: str, config: dict[str, Any],
+                   tensors: dict[str, Any], meta: dict[str, Any] | None = None) -> Path:
+    """Write ``tensors`` (numpy arrays or torch tensors) and JSON metadata atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plain = {
+        name: (torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray)
+               else value.detach().cpu().contiguous())
+        for name, value in tensors.items()
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        torch.save(plain, tmp / WEIGHTS_FILE)
+        document = {"model": model_name, "config": config, "meta": meta or {}}
+        (tmp / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True))
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_model_dir(path: str | Path) -> tuple[str, dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a model directory: ``(model_name, config, tensors, meta)``; executes no code."""
+    path = Path(path)
+    config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+    for needed in (config_file, weights_file):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{path} is not a saved model: {needed.name} is missing")
+    try:
+        document = json.loads(config_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{config_file}: not valid JSON ({exc})") from exc
+    for key in ("model", "config"):
+        if key not in document:
+            raise ValueError(f"{config_file}: missing key {key!r}")
+    tensors = torch.load(weights_file, map_location="cpu", weights_only=True)
+    if not isinstance(tensors, dict):
+        raise ValueError(f"{weights_file}: expected a dict of tensors, got {type(tensors).__name__}")
+    return document["model"], document["config"], tensors, document.get("meta", {})
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Rename ``new`` to ``target``; an existing ``target`` is swapped out, then removed."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a file via a temporary sibling + ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

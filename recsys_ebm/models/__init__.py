@@ -1,0 +1,1 @@
+"""Models: every one implements the small `Recommender` interface of `base.py`."""

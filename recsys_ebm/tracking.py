@@ -1,0 +1,250 @@
+"""MLflow experiment tracking; the only module in recsys_ebm that imports mlflow.
+
+Where runs are stored, first match wins:
+
+1. the ``MLFLOW_TRACKING_URI`` environment variable, so a shell or CI job can redirect every run
+   without editing pipeline files;
+2. the ``tracking_uri`` argument (a ``sqlite:///...`` path, ``http://host:port`` server, ...);
+3. MLflow's own default, which we keep. For MLflow 3.x (3.17 checked) that is a SQLite store
+   ``sqlite:///mlflow.db`` in the working directory, with artifacts under ``./mlruns/<experiment
+   id>/``. Only when ``./mlruns`` already holds experiments from an older MLflow does MLflow fall
+   back to that file store, which 3.x refuses unless ``MLFLOW_ALLOW_FILE_STORE=true``.
+
+``Tracker`` talks to the store through an explicit ``MlflowClient``, never through MLflow's global
+"active run", so several trackers (or tests) cannot leak state into each other::
+
+    with Tracker("ml100k", run_name="sweep") as tracker:
+        tracker.log_dataset("ml-100k", checksum, n_users=943)
+        with tracker.child("dot_ebm") as run:
+            run.log_params(asdict(config))
+            model.fit(train, callback=run.log_epoch)
+            run.log_metrics(summary)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import posixpath
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+logger = logging.getLogger(__name__)
+
+# MLflow's per-request limits (mlflow.utils.validation); older clients do not split batches.
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+# MLflow accepts word characters, '.', '-', ' ', '/' (and ':' except on Windows; we drop it).
+_BAD_NAME_CHARS = re.compile(r"[^\w.\- /]")
+
+
+def _git(*args: str, cwd: str | Path | None) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                              timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):  # no git, not a repo, no commit yet
+        return None
+    return done.stdout.strip()
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """SHA of ``HEAD`` of the repository containing ``cwd`` (default: working directory)."""
+    return _git("rev-parse", "HEAD", cwd=cwd)
+
+
+def git_dirty(cwd: str | Path | None = None) -> bool | None:
+    """Whether tracked files differ from ``HEAD`` (untracked files such as mlflow.db don't count)."""
+    status = _git("status", "--porcelain", "--untracked-files=no", cwd=cwd)
+    return None if status is None else bool(status)
+
+
+def sanitize_name(name: str) -> str:
+    """Turn ``name`` into a key MLflow accepts: ``"ndcg@10"`` -> ``"ndcg_at_10"``."""
+    clean = _BAD_NAME_CHARS.sub("_", str(name).replace("@", "_at_"))
+    # MLflow also rejects names that would resolve to another path ("/x", "a//b", "a/../b").
+    if clean.startswith("/") or posixpath.normpath(clean) != clean:
+        clean = clean.replace("/", "_")
+    if clean.startswith("."):
+        clean = "_" + clean
+    if not clean:
+        raise ValueError("empty metric/param name")
+    return clean
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"model": {"dim": 64}}`` -> ``{"model.dim": "64"}``; values become strings."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, prefix=f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _jsonable(obj: Any) -> Any:
+    return obj.tolist() if hasattr(obj, "tolist") else str(obj)  # numpy scalars/arrays, paths
+
+
+class Tracker:
+    """One MLflow run, used as a context manager; ``enabled=False`` turns every method into a no-op.
+
+    Leaving the ``with`` block ends the run as FINISHED, or FAILED if an exception escaped
+    (KILLED for Ctrl-C). The run is tagged ``git_commit`` and ``git_dirty`` ("unknown" outside a
+    git repository) plus MLflow's usual source/user tags and ``tags``.
+    """
+
+    def __init__(self, experiment: str = "recsys_ebm", *, tracking_uri: str | None = None,
+                 run_name: str | None = None, tags: dict | None = None,
+                 enabled: bool = True) -> None:
+        self.experiment = experiment
+        self.tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri
+        self.run_name = run_name
+        self.tags = dict(tags or {})
+        self.enabled = enabled
+        self._client: MlflowClient | None = None  # set only while the run is active
+        self._run = None
+        self._experiment_id: str | None = None
+        self._parent: Tracker | None = None
+
+    def __enter__(self) -> Tracker:
+        if not self.enabled:
+            return self
+        if self._client is not None:
+            raise RuntimeError("this Tracker's run is already active; use child() to nest runs")
+        tags = {"git_commit": git_commit() or "unknown",
+                "git_dirty": {True: "true", False: "false", None: "unknown"}[git_dirty()]}
+        if self._parent is not None:
+            if self._parent._client is None:
+                raise RuntimeError("enter the parent Tracker before its child")
+            client, experiment_id = self._parent._client, self._parent._experiment_id
+            tags[MLFLOW_PARENT_RUN_ID] = self._parent.run_id
+        else:
+            client = MlflowClient(self.tracking_uri)
+            found = client.get_experiment_by_name(self.experiment)
+            experiment_id = (found.experiment_id if found is not None
+                             else client.create_experiment(self.experiment))
+        tags.update({key: str(value) for key, value in self.tags.items()})
+        self._run = client.create_run(experiment_id, tags=resolve_tags(tags),
+                                      run_name=self.run_name)
+        self._client, self._experiment_id = client, experiment_id
+        logger.info("MLflow run %s (%s) in experiment %r at %s", self.run_id,
+                    self._run.info.run_name, self.experiment, client.tracking_uri)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        if self._client is None:
+            return
+        status = ("FINISHED" if exc_type is None
+                  else "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+        self._client.set_terminated(self.run_id, status=status)
+        self._client = None
+        logger.info("MLflow run %s ended: %s", self.run_id, status)
+
+    def child(self, run_name: str, tags: dict | None = None) -> Tracker:
+        """A Tracker for a run nested under this one (``mlflow.parentRunId``); enter it inside."""
+        child = Tracker(self.experiment, tracking_uri=self.tracking_uri, run_name=run_name,
+                        tags={**self.tags, **(tags or {})}, enabled=self.enabled)
+        child._parent = self
+        return child
+
+    @property
+    def run_id(self) -> str | None:
+        """ID of the run (kept after the block ends); None when disabled or not yet entered."""
+        return None if self._run is None else self._run.info.run_id
+
+    @property
+    def artifact_uri(self) -> str | None:
+        return None if self._run is None else self._run.info.artifact_uri
+
+    def _active(self) -> MlflowClient:
+        if self._client is None:
+            raise RuntimeError("log inside the Tracker's `with` block")
+        return self._client
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log (nested) params under dotted keys, as strings."""
+        if not self.enabled:
+            return
+        client = self._active()
+        entries = [Param(sanitize_name(k), v) for k, v in flatten_params(params).items()]
+        for batch in _chunks(entries, MAX_PARAMS_PER_BATCH):
+            client.log_batch(self.run_id, params=batch)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log numeric metrics at ``step``; non-finite values are skipped with a warning."""
+        if not self.enabled:
+            return
+        client = self._active()
+        now = int(time.time() * 1000)
+        entries = []
+        for name, value in metrics.items():
+            value = float(value)
+            if not math.isfinite(value):
+                logger.warning("not logging metric %r = %s (step %s): not finite", name, value, step)
+                continue
+            entries.append(Metric(sanitize_name(name), value, now, step or 0))
+        for batch in _chunks(entries, MAX_METRICS_PER_BATCH):
+            client.log_batch(self.run_id, metrics=batch)
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        """``log_metrics(metrics, step=epoch)``; pass as a model's ``fit(callback=...)``."""
+        self.log_metrics(metrics, step=epoch)
+
+    def log_dataset(self, name: str, checksum: str, **info: Any) -> None:
+        """Params ``dataset``, ``dataset_checksum`` and ``dataset_<key>`` for each ``info``."""
+        self.log_params({"dataset": name, "dataset_checksum": checksum,
+                         **{f"dataset_{key}": value for key, value in info.items()}})
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        client = self._active()
+        entries = [RunTag(k, str(v)) for k, v in tags.items()]
+        for batch in _chunks(entries, MAX_PARAMS_PER_BATCH):
+            client.log_batch(self.run_id, tags=batch)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self._active().log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, dir: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self._active().log_artifacts(self.run_id, str(dir), artifact_path)
+
+    def log_text(self, text: str, filename: str) -> None:
+        """Store ``text`` as the artifact ``filename`` (may contain '/' subdirectories)."""
+        if self.enabled:
+            self._active().log_text(self.run_id, text, filename)
+
+    def log_dict(self, obj: Any, filename: str) -> None:
+        """Store ``obj`` as a JSON artifact (numpy values via ``tolist``)."""
+        self.log_text(json.dumps(obj, indent=2, default=_jsonable), filename)
+
+    def log_table(self, frame: Any, filename: str) -> None:
+        """Store a pandas DataFrame as a CSV artifact; a named index is kept as columns."""
+        if not self.enabled:
+            return
+        client = self._active()
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / posixpath.basename(filename)
+            frame.to_csv(local, index=any(n is not None for n in frame.index.names))
+            client.log_artifact(self.run_id, str(local), posixpath.dirname(filename) or None)
