@@ -57,6 +57,7 @@ class IdMap:
         if not np.all(found):
             if missing == "raise":
                 unknown = raw[~found].ravel()[0]
+                unknown = unknown.item() if isinstance(unknown, np.generic) else unknown  # 25, not np.int64(25)
                 raise KeyError(f"unknown id {unknown!r} ({int((~found).sum())} unknown in total)")
             if missing != "mask":
                 raise ValueError(f"missing must be 'raise' or 'mask', got {missing!r}")

@@ -1,1 +1,30 @@
-"""Models: every one implements the small `Recommender` interface of `base.py`."""
+"""Models: every one implements the small `Recommender` interface of `base.py`.
+
+``MODELS`` is the plain name -> class dict the CLI, evaluation and export use; each class has
+a ``config_class`` (a frozen dataclass) and ``save``/``load``.
+"""
+
+from __future__ import annotations
+
+from recsys_ebm.models.base import Recommender
+from recsys_ebm.models.dot_ebm import DotEBM
+
+MODELS: dict[str, type[Recommender]] = {
+    "dpebm": DotEBM,
+}
+
+
+def model_class(name: str) -> type[Recommender]:
+    """The class registered under ``name``; ``KeyError`` lists the known names."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}") from None
+
+
+def load_model(path) -> Recommender:
+    """Load any saved model directory, dispatching on the name stored in its config.json."""
+    from recsys_ebm.io import load_model_dir
+
+    name = load_model_dir(path)[0]
+    return model_class(name).load(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from abc import ABC, abstractmethod
 from typing import Callable
 
@@ -91,8 +92,8 @@ class Recommender(ABC):
         ----------
         user_ids : int (n,)
         user_items : CSR, either (n_users_trained, n_items) indexed by ``user_ids``
-            or (n, n_items) aligned with ``user_ids``; its items are filtered when
-            ``filter_seen``.
+            or (n, n_items) aligned with ``user_ids`` (any other row count raises
+            ``ValueError``); its items are filtered when ``filter_seen``.
         items : optional allowed item ids (or bool mask over items).
         temperature : 0 for the exact ranking; > 0 samples k distinct items without
             replacement from softmax(score / T) (Gumbel-top-k).
@@ -104,17 +105,34 @@ class Recommender(ABC):
         """
         from recsys_ebm.sampling import gumbel_top_k
 
+        try:
+            k = operator.index(k)
+        except TypeError:
+            raise ValueError(f"k must be an integer, got {k!r}") from None
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
         user_ids = check_user_ids(user_ids, None if fold_in else self.n_users)
         rows = None
         if user_items is not None:
             user_items = check_user_items(user_items, n_items=self.n_items)
-            if user_items.shape[0] == len(user_ids) and (fold_in or user_items.shape[0] != self.n_users):
+            n_rows = user_items.shape[0]
+            if n_rows == len(user_ids) and (fold_in or n_rows != self.n_users):
                 rows = user_items
-            else:
+            elif n_rows == self.n_users:
+                bad = (user_ids < 0) | (user_ids >= n_rows)  # only unchecked when fold_in
+                if np.any(bad):
+                    raise IndexError(f"user id {int(user_ids[bad][0])} has no row in user_items "
+                                     f"({n_rows} rows)")
                 rows = user_items[user_ids]
+            else:
+                # neither layout: indexing would silently filter other users' rows
+                raise ValueError(
+                    f"user_items has {n_rows} rows: expected {len(user_ids)} (aligned with "
+                    f"user_ids) or {self.n_users} (one per trained user, indexed by user_ids)"
+                )
         if fold_in and rows is None:
             raise ValueError("fold_in=True needs user_items aligned with user_ids")
-        if temperature < 0:
+        if not temperature >= 0:  # also rejects NaN, which would silently mean T = 0
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         out_ids = np.empty((len(user_ids), k), dtype=np.int64)

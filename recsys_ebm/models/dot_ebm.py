@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from recsys_ebm.config import Config, check
+from recsys_ebm.errors import ModelFitError
 from recsys_ebm.io import load_model_dir, save_model_dir
 from recsys_ebm.models.base import EpochCallback, Recommender, check_user_ids, check_user_items
 from recsys_ebm.training import TrainingHistory, ranking_validator, run_training
@@ -53,6 +54,16 @@ class DotEBMConfig(Config):
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # integer fields: a float dim or a bool epochs would only fail (or misbehave) deep in torch
+        for name in ("dim", "n_negatives", "epochs", "batch_size", "patience", "fold_in_epochs", "seed"):
+            value = getattr(self, name)
+            check(isinstance(value, (int, np.integer)) and not isinstance(value, bool),
+                  f"{name} must be an integer, got {value!r}")
+        # real fields: inf passes a "> 0" test (lr=inf silently produces NaN weights)
+        for name in ("proposal_alpha", "lr", "l2", "dropout", "temperature", "fold_in_lr"):
+            value = getattr(self, name)
+            check(isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+                  and math.isfinite(value), f"{name} must be a finite number, got {value!r}")
         check(self.dim >= 1, f"dim must be >= 1, got {self.dim}")
         check(self.user_model in ("history", "free"), f"user_model must be 'history' or 'free', got {self.user_model!r}")
         check(self.loss in ("exact", "sampled"), f"loss must be 'exact' or 'sampled', got {self.loss!r}")
@@ -64,6 +75,27 @@ class DotEBMConfig(Config):
         check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
         check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         check(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
+        check(self.fold_in_epochs >= 1, f"fold_in_epochs must be >= 1, got {self.fold_in_epochs}")
+        check(self.fold_in_lr > 0, f"fold_in_lr must be > 0, got {self.fold_in_lr}")
+        check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+
+
+#: training has diverged when the NLL per interaction exceeds this many times that of the
+#: uniform model (log n_items): no likelihood-trained model gets there, while an absurd lr
+#: reaches it with weights that are huge but still finite, which the NaN check cannot see.
+DIVERGENCE_FACTOR = 100.0
+
+
+def _binarize(user_items: sp.csr_matrix) -> sp.csr_matrix:
+    """A 0/1 copy of a validated CSR; the caller's matrix (often ratings) is left untouched.
+
+    Stored zeros are dropped first: they are not interactions.
+    """
+    binary = user_items.copy()
+    binary.sum_duplicates()
+    binary.eliminate_zeros()
+    binary.data[:] = 1.0
+    return binary
 
 
 def _dense_rows(user_items: sp.csr_matrix, rows: np.ndarray) -> torch.Tensor:
@@ -128,6 +160,8 @@ class DotEBMModule(nn.Module):
 class DotEBM(Recommender):
     """Dot-product EBM recommender: ``fit`` a users x items CSR, then ``score``/``recommend``."""
 
+    config_class = DotEBMConfig
+
     def __init__(self, config: DotEBMConfig | None = None, **options):
         if config is not None and options:
             raise ValueError("pass either a config or keyword options, not both")
@@ -145,8 +179,8 @@ class DotEBM(Recommender):
             callback: EpochCallback | None = None, show_progress: bool = True) -> DotEBM:
         """Train on a binary users x items CSR; early-stop on ``validation`` NDCG@10 when given."""
         cfg = self.config
-        user_items = check_user_items(user_items)
-        user_items.data[:] = 1.0
+        # check_user_items may share the caller's arrays: binarize a copy
+        user_items = _binarize(check_user_items(user_items))
         if user_items.nnz == 0:
             raise ValueError("user_items has no interactions to train on")
         self.n_users, self.n_items = user_items.shape
@@ -158,11 +192,12 @@ class DotEBM(Recommender):
         popularity = np.asarray(user_items.sum(axis=0)).ravel() + 1.0
         proposal = popularity**cfg.proposal_alpha
         log_proposal = torch.from_numpy(np.log(proposal / proposal.sum()).astype(np.float32))
+        max_nll = DIVERGENCE_FACTOR * max(math.log(self.n_items), 1.0)
 
         def train_epoch(epoch: int) -> dict[str, float]:
             module.train()
             order = active[torch.randperm(len(active), generator=generator).numpy()]
-            total, batches = 0.0, 0
+            total, batches, total_nll = 0.0, 0, 0.0
             for start in range(0, len(order), cfg.batch_size):
                 rows = order[start:start + cfg.batch_size]
                 targets = _dense_rows(user_items, rows)
@@ -179,8 +214,20 @@ class DotEBM(Recommender):
                 loss.backward()
                 optimizer.step()
                 total += float(nll.detach())
+                total_nll += float(nll.detach()) * len(rows)
                 batches += 1
             self._export_factors(user_items)
+            per_interaction = total_nll / user_items.nnz
+            if per_interaction > max_nll:
+                raise ModelFitError(
+                    f"epoch {epoch}: training diverged: NLL per interaction {per_interaction:.3g} is over "
+                    f"{DIVERGENCE_FACTOR:g}x that of a uniform model ({math.log(self.n_items):.3g}); "
+                    f"lower the learning rate (lr={cfg.lr:g})"
+                )
+            for name in ("user_factors", "item_factors", "item_bias"):
+                if not np.all(np.isfinite(getattr(self, name))):
+                    raise ModelFitError(f"epoch {epoch}: non-finite values in {name}; "
+                                        f"lower the learning rate (lr={cfg.lr:g})")
             return {"train_nll": total / max(batches, 1)}
 
         validate = None
@@ -237,8 +284,7 @@ class DotEBM(Recommender):
         ids = check_user_ids(user_ids, None)
         if user_items.shape[0] != len(ids):
             raise ValueError(f"user_items has {user_items.shape[0]} rows for {len(ids)} user ids")
-        user_items = user_items.copy()
-        user_items.data[:] = 1.0
+        user_items = _binarize(user_items)
         if self.config.user_model == "history":
             return self._encode_numpy(user_items)
         return self._fold_in_free(user_items)

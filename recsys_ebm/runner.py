@@ -1,0 +1,186 @@
+"""End-to-end jobs behind the CLI: dataset -> split -> fit (with validation) -> evaluate -> track.
+
+Data flows one way (DESIGN.md): raw frame -> split -> id maps fitted on train -> train/test CSRs
+of the same shape -> fit -> evaluate. Raw ids reappear only in artifacts and exports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recsys_ebm.data.interactions import Interactions
+from recsys_ebm.data.movielens import load_movielens
+from recsys_ebm.data.readers import read_interactions
+from recsys_ebm.data.split import (
+    Split,
+    filter_min_interactions,
+    held_out_users,
+    leave_one_out,
+    random_holdout,
+    temporal_holdout,
+)
+from recsys_ebm.evaluation.evaluate import RankingResult, evaluate_ranking
+from recsys_ebm.models import model_class
+from recsys_ebm.models.base import Recommender
+
+logger = logging.getLogger(__name__)
+
+#: Top-N protocols of PROTOCOLS.md; "strong" folds held-out users in at evaluation time.
+RANKING_PROTOCOLS = ("random", "temporal", "loo", "strong")
+#: Seed of the validation split carved from train (PROTOCOLS: a different seed from the test split).
+VALIDATION_SEED = 1
+#: Cut-offs reported for every ranking evaluation.
+KS = (5, 10, 20, 50)
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Interactions as a canonical frame plus what the reports need about them."""
+
+    name: str
+    ratings: pd.DataFrame
+    items: pd.DataFrame | None
+    checksum: str
+    source: str
+
+
+def load_dataset(dataset: str, variant: str = "100k", data_dir: str | None = None,
+                 download: bool = True, **reader_options: Any) -> Dataset:
+    """``dataset="movielens"`` loads a MovieLens variant; any other value is a CSV/Parquet path."""
+    if dataset == "movielens":
+        data = load_movielens(variant, data_dir, download)
+        return Dataset(data.name, data.ratings, data.items, data.checksum, str(data.path))
+    path = Path(dataset)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"dataset {dataset!r} is neither 'movielens' nor an existing CSV/Parquet file"
+        )
+    frame = read_interactions(path, **reader_options)
+    import hashlib
+
+    checksum = hashlib.sha256(path.read_bytes()).hexdigest()
+    return Dataset(path.stem, frame, None, checksum, str(path))
+
+
+def make_split(frame: pd.DataFrame, protocol: str, seed: int = 0) -> Split:
+    """The top-N test split of PROTOCOLS.md (users with < 5 interactions dropped first)."""
+    frame = filter_min_interactions(frame, 5)
+    if protocol == "random":
+        return random_holdout(frame, 0.2, seed=seed)
+    if protocol == "temporal":
+        return temporal_holdout(frame, 0.2)
+    if protocol == "loo":
+        return leave_one_out(frame)
+    if protocol == "strong":
+        return held_out_users(frame, fraction=0.1, fold_in_fraction=0.8, seed=seed)
+    raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(RANKING_PROTOCOLS)}")
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedData:
+    """Train (and validation-fit) matrices plus the test target, all over train's id maps."""
+
+    train: Interactions
+    test: Interactions
+    fit_part: Interactions
+    validation: Interactions
+    fold_in: Interactions | None = None
+
+
+def prepare(split: Split, protocol: str) -> PreparedData:
+    """Fit id maps on train; carve a validation split from train the way the test was made."""
+    train = Interactions.from_frame(split.train, name="train")
+    inner = _validation_split(split.train, protocol)
+    fit_part = Interactions.from_frame(inner.train, user_map=train.user_map,
+                                       item_map=train.item_map, name="validation-fit")
+    validation = Interactions.from_frame(inner.test, user_map=train.user_map,
+                                         item_map=train.item_map, name="validation")
+    if protocol == "strong":
+        fold_in = Interactions.from_frame(split.fold_in, item_map=train.item_map, name="fold-in")
+        test = Interactions.from_frame(split.test, user_map=fold_in.user_map,
+                                       item_map=train.item_map, name="test")
+        return PreparedData(train, test, fit_part, validation, fold_in)
+    test = Interactions.from_frame(split.test, user_map=train.user_map, item_map=train.item_map,
+                                   name="test")
+    return PreparedData(train, test, fit_part, validation)
+
+
+def _validation_split(train: pd.DataFrame, protocol: str) -> Split:
+    if protocol in ("temporal", "loo"):
+        return temporal_holdout(train, 0.2) if protocol == "temporal" else leave_one_out(train)
+    return random_holdout(train, 0.2, seed=VALIDATION_SEED)
+
+
+def build_model(name: str, options: dict[str, Any] | None = None) -> Recommender:
+    """A model from its registry name and config options (unknown options raise ValueError)."""
+    cls = model_class(name)
+    config = cls.config_class.from_dict(options or {})
+    return cls(config)
+
+
+def fit_with_validation(name: str, options: dict[str, Any], data: PreparedData, *,
+                        refit: bool = True, callback=None, show_progress: bool = True) -> Recommender:
+    """Early-stop on the validation split, then (``refit``) retrain on all of train for the best
+    number of epochs, so the final model sees every training interaction."""
+    model = build_model(name, options)
+    model.fit(data.fit_part.user_items, validation=data.validation.user_items,
+              callback=_prefixed(callback, "select_"), show_progress=show_progress)
+    best = model.history.best_epoch
+    logger.info("%s: best validation epoch %d (%s)", name, best, model.history.best_value)
+    if not refit:
+        return model
+    final = build_model(name, {**options, "epochs": max(best, 1)})
+    final.fit(data.train.user_items, callback=callback, show_progress=show_progress)
+    final.history.best_epoch = best
+    final.history.best_value = model.history.best_value
+    return final
+
+
+def _prefixed(callback, prefix: str):
+    if callback is None:
+        return None
+    return lambda epoch, metrics: callback(epoch, {prefix + k: v for k, v in metrics.items()})
+
+
+def evaluate_model(model: Recommender, data: PreparedData, ks=KS,
+                   show_progress: bool = False) -> RankingResult:
+    """Full-catalog ranking metrics on the test target (fold-in for strong generalization)."""
+    if data.fold_in is not None:
+        return evaluate_ranking(model, data.fold_in.user_items, data.test.user_items, ks,
+                                fold_in=True, show_progress=show_progress)
+    return evaluate_ranking(model, data.train.user_items, data.test.user_items, ks,
+                            show_progress=show_progress)
+
+
+def sample_recommendations(model: Recommender, data: PreparedData, items: pd.DataFrame | None,
+                           n_users: int = 5, k: int = 10) -> pd.DataFrame:
+    """Top-k for the first few users with raw ids (and titles when known): an MLflow artifact."""
+    users = np.arange(min(n_users, data.train.n_users))
+    ids, scores = model.recommend(users, data.train.user_items, k=k)
+    frame = pd.DataFrame({
+        "user_id": np.repeat(data.train.user_map.to_raw(users), k),
+        "rank": np.tile(np.arange(1, k + 1), len(users)),
+        "item_id": data.train.item_map.to_raw(np.where(ids >= 0, ids, 0).ravel()),
+        "score": scores.ravel(),
+    })[ids.ravel() >= 0]
+    if items is not None and "title" in items.columns:
+        frame = frame.merge(items[["item_id", "title"]], on="item_id", how="left")
+    return frame
+
+
+def model_options(cls: type[Recommender], config_file: str | None, overrides: dict[str, Any],
+                  table: str | None = None) -> dict[str, Any]:
+    """Options from a TOML file's ``[table]`` (if any) updated by command-line overrides."""
+    options: dict[str, Any] = {}
+    if config_file is not None:
+        options.update(dataclasses.asdict(cls.config_class.from_toml(config_file, table)))
+    options.update(overrides)
+    cls.config_class.from_dict(options)  # validate early, with the field's name in the error
+    return options
