@@ -9,11 +9,11 @@ import argparse
 import json
 import logging
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from recsys_ebm import runner
+from recsys_ebm._compat import tomllib
 from recsys_ebm.errors import DataError, DatasetNotFoundError, ModelFitError
 from recsys_ebm.evaluation.evaluate import format_table
 from recsys_ebm.io import atomic_write_bytes
@@ -72,12 +72,15 @@ def _add_tracking_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recsys-ebm", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser = argparse.ArgumentParser(prog="recsys-ebm", description="Energy-based recommender models: "
+                                     "train, evaluate, export and recommend.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="fit a model on the protocol's train split, evaluate on test")
+    train = sub.add_parser("train", parents=[common],
+                           help="fit a model on the protocol's train split, evaluate on test")
     _add_data_args(train)
     _add_model_args(train)
     _add_tracking_args(train)
@@ -85,14 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output-dir", default=None,
                        help="where the model is saved (default: outputs/<dataset>/<model>)")
 
-    evaluate = sub.add_parser("evaluate", help="run an evaluation protocol and write metrics as JSON")
+    evaluate = sub.add_parser("evaluate", parents=[common], help="run an evaluation protocol and write metrics as JSON")
     _add_data_args(evaluate)
     _add_model_args(evaluate)
     _add_tracking_args(evaluate)
     evaluate.add_argument("--protocol", default="random", choices=runner.RANKING_PROTOCOLS)
     evaluate.add_argument("--json", dest="json_path", default=None, help="write the metrics here")
 
-    recommend = sub.add_parser("recommend", help="top-k items for users of a saved model")
+    recommend = sub.add_parser("recommend", parents=[common], help="top-k items for users of a saved model")
     recommend.add_argument("--model-path", required=True, help="a directory written by train")
     recommend.add_argument("--user", dest="users", action="append", required=True,
                            help="raw user id (repeatable)")
@@ -194,9 +197,9 @@ def cmd_recommend(args) -> int:
     raw = np.asarray(args.users).astype(user_map.raw_ids.dtype)
     users = user_map.to_index(raw)
     ids, scores = model.recommend(users, k=args.k, temperature=args.temperature, rng=args.seed)
-    for raw_user, row, row_scores in zip(raw, ids, scores):
+    for raw_user, row, row_scores in zip(raw, ids, scores, strict=True):
         items = item_map.to_raw(row[row >= 0])
-        _print(f"user {raw_user}: " + ", ".join(f"{i} ({s:.3f})" for i, s in zip(items, row_scores)) + "\n")
+        _print(f"user {raw_user}: " + ", ".join(f"{i} ({s:.3f})" for i, s in zip(items, row_scores[row >= 0], strict=True)) + "\n")
     return 0
 
 

@@ -2,9 +2,10 @@
 
 Where runs are stored, first match wins:
 
-1. the ``MLFLOW_TRACKING_URI`` environment variable, so a shell or CI job can redirect every run
+1. the ``tracking_uri`` argument (CLI ``--tracking-uri``: a ``sqlite:///...`` path, an
+   ``http://host:port`` server, ...): what a caller spells out wins, as in MLflow itself;
+2. the ``MLFLOW_TRACKING_URI`` environment variable, so a shell or CI job can redirect every run
    without editing pipeline files;
-2. the ``tracking_uri`` argument (a ``sqlite:///...`` path, ``http://host:port`` server, ...);
 3. MLflow's own default, which we keep. For MLflow 3.x (3.17 checked) that is a SQLite store
    ``sqlite:///mlflow.db`` in the working directory, with artifacts under ``./mlruns/<experiment
    id>/``. Only when ``./mlruns`` already holds experiments from an older MLflow does MLflow fall
@@ -115,7 +116,7 @@ class Tracker:
                  run_name: str | None = None, tags: dict | None = None,
                  enabled: bool = True) -> None:
         self.experiment = experiment
-        self.tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri
+        self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         self.run_name = run_name
         self.tags = dict(tags or {})
         self.enabled = enabled

@@ -75,7 +75,7 @@ def _assert_rows_well_formed(ids: np.ndarray, scores: np.ndarray, n: int, k: int
     assert not np.any(padded[:, :-1] & ~padded[:, 1:])
     assert np.all(np.isneginf(scores[padded]))
     assert np.all(np.isfinite(scores[~padded]))
-    for row_ids, row_scores in zip(ids, scores):
+    for row_ids, row_scores in zip(ids, scores, strict=True):
         real = row_ids[row_ids >= 0]
         assert len(set(real.tolist())) == real.size, f"duplicate items in {row_ids}"
         assert np.all(np.diff(row_scores[row_ids >= 0]) <= 0), f"scores increase: {row_scores}"
@@ -87,6 +87,16 @@ class ModelContract:
     fold_in_exact: bool = True
     seeded: bool = True
     personalized: bool = True
+
+    @pytest.fixture(autouse=True, scope="class")
+    @classmethod
+    def _one_torch_thread(cls):
+        # tiny matrices: with intra-op threads on a busy machine, OpenMP spin-waits make each
+        # step ~50x slower; one thread keeps the suite fast and results are the same per run
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(threads)
 
     # ------------------------------------------------------------------ hooks
     def make_model(self, seed: int) -> Recommender:
@@ -252,11 +262,11 @@ class ModelContract:
 
     def test_fit_rejects_bad_input(self):
         with pytest.raises(ValueError, match="user_items"):
-            self.make_model(0).fit(np.ones(5, dtype=np.float32), show_progress=False)
+            self.fit(self.make_model(0), np.ones(5, dtype=np.float32))
         nan = self.train_matrix().copy()
         nan.data[0] = np.nan
         with pytest.raises(ValueError, match="NaN"):
-            self.make_model(0).fit(nan, show_progress=False)
+            self.fit(self.make_model(0), nan)
 
     def test_unfitted_model_raises(self):
         with pytest.raises(RuntimeError, match="fit"):
@@ -270,6 +280,23 @@ class ModelContract:
         self.fit(self.make_model(0), ratings)
         assert (ratings != before).nnz == 0
 
+    def test_stored_zeros_are_not_interactions(self):
+        train = self.train_matrix()
+        user, item = 0, int(self.held_out_items()[0])
+        assert train[user, item] == 0
+        # store an explicit 0 at (user, held-out item): scipy keeps it in .data
+        indptr, indices, data = train.indptr, train.indices, train.data
+        at = indptr[user + 1]
+        with_zero = sp.csr_matrix(
+            (np.insert(data, at, 0.0), np.insert(indices, at, item),
+             np.concatenate([indptr[: user + 1], indptr[user + 1:] + 1])),
+            shape=train.shape,
+        )
+        assert with_zero.nnz == train.nnz + 1
+        users = self._users()
+        model = self.fit(self.make_model(0), with_zero)
+        np.testing.assert_array_equal(model.score(users), self.fitted(0).score(users))
+
     # ------------------------------------------------------------------ persistence
     def test_save_load_round_trip_is_bit_identical(self, tmp_path: Path):
         model, train = self.fitted(), self.train_matrix()
@@ -280,7 +307,7 @@ class ModelContract:
         assert loaded.n_users == model.n_users and loaded.n_items == model.n_items
         np.testing.assert_array_equal(loaded.score(users), model.score(users))
         np.testing.assert_array_equal(loaded.score(users, train), model.score(users, train))
-        for a, b in zip(loaded.recommend(users, train, k=5), model.recommend(users, train, k=5)):
+        for a, b in zip(loaded.recommend(users, train, k=5), model.recommend(users, train, k=5), strict=True):
             np.testing.assert_array_equal(a, b)
         # saving again over the same path replaces the model atomically and stays loadable
         model.save(path)

@@ -173,14 +173,18 @@ def test_default_store_is_sqlite_in_working_directory(tmp_path, monkeypatch):
     assert run.info.status == "FINISHED"
 
 
-def test_env_var_takes_precedence_over_argument(tmp_path, monkeypatch):
+def test_argument_takes_precedence_over_env_var(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     env_uri = f"sqlite:///{tmp_path / 'env.db'}"
+    arg_uri = f"sqlite:///{tmp_path / 'arg.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", env_uri)
-    with Tracker("exp", tracking_uri=f"sqlite:///{tmp_path / 'arg.db'}") as tr:
+    with Tracker("exp", tracking_uri=arg_uri) as tr:
         tr.log_params({"a": 1})
-    assert not (tmp_path / "arg.db").exists()
-    assert _run_data(env_uri, tr.run_id).data.params == {"a": "1"}
+    assert not (tmp_path / "env.db").exists()
+    assert _run_data(arg_uri, tr.run_id).data.params == {"a": "1"}
+    with Tracker("exp") as tr_env:
+        tr_env.log_params({"b": 2})
+    assert _run_data(env_uri, tr_env.run_id).data.params == {"b": "2"}
 
 
 def test_logging_outside_block_raises(store_uri):

@@ -290,8 +290,14 @@ class DotEBM(Recommender):
         return self._fold_in_free(user_items)
 
     def _fold_in_free(self, user_items: sp.csr_matrix) -> np.ndarray:
-        """Optimise new free user vectors with item parameters fixed (exact softmax NLL + L2)."""
+        """Optimise new free user vectors with item parameters fixed (exact softmax NLL + L2).
+
+        Training minimises mean_batch(NLL_u) + l2 * sum_batch |p_u|^2, i.e. per user
+        NLL_u + l2 * B * |p_u|^2 with B users per batch; fold-in uses the same per-user
+        objective, so a folded-in history gets the vector training would have given it.
+        """
         cfg = self.config
+        user_l2 = cfg.l2 * min(cfg.batch_size, max(self.n_users, 1))
         items = torch.from_numpy(self.item_factors)
         bias = torch.from_numpy(self.item_bias)
         targets = torch.from_numpy(user_items.toarray().astype(np.float32))
@@ -299,7 +305,7 @@ class DotEBM(Recommender):
         optimizer = torch.optim.Adam([vectors], lr=cfg.fold_in_lr)
         for _ in range(cfg.fold_in_epochs):
             log_p = torch.log_softmax(vectors @ items.T + bias, dim=1)
-            loss = -(targets * log_p).sum() + cfg.l2 * (vectors**2).sum()
+            loss = -(targets * log_p).sum() + user_l2 * (vectors**2).sum()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -324,7 +330,13 @@ class DotEBM(Recommender):
         """E(u, i) for aligned pairs of trained users and items: float32 (n,)."""
         self._require_fitted()
         users = check_user_ids(user_ids, self.n_users)
-        items = check_user_ids(item_ids, self.n_items)
+        items = np.atleast_1d(np.asarray(item_ids))
+        if items.ndim != 1 or (items.size and not np.issubdtype(items.dtype, np.integer)):
+            raise ValueError(f"item_ids must be 1-D integers, got shape {items.shape} dtype {items.dtype}")
+        items = items.astype(np.int64)
+        bad = (items < 0) | (items >= self.n_items)
+        if np.any(bad):
+            raise IndexError(f"item id {int(items[bad][0])} is outside 0..{self.n_items - 1}")
         if users.shape != items.shape:
             raise ValueError(f"user_ids {users.shape} and item_ids {items.shape} must align")
         return -((self.user_factors[users] * self.item_factors[items]).sum(1) + self.item_bias[items])
