@@ -5,10 +5,12 @@ The catalog is finite, so the partition function is exact: one (users x dim) @ (
 product per batch. Training maximises the exact softmax likelihood of each user's items
 (or a logQ-corrected sampled softmax for catalogs too large for that).
 
-The user vector p_u is either a free embedding per user (``user_model="free"``) or computed
-from the user's history by an encoder, p_u = tanh(W x_u / ||x_u|| + c) with input dropout
-during training (``user_model="history"``, the default: it validated better on ML-100K and
-serves users unseen at training time without any optimisation).
+The user vector p_u is either a free embedding per user (``user_model="free"``, the default)
+or computed from the user's history by an encoder, p_u = tanh(W x_u / ||x_u|| + c) with input
+dropout during training (``user_model="history"``). On an ML-100K validation split (carved
+from train, seed 1) the free embeddings with strong L2 validated best (NDCG@10 0.266 vs 0.256
+for the best encoder); the encoder serves users unseen at training time with no optimisation,
+while free embeddings fold new users in by optimising p_u with the item parameters fixed.
 """
 
 from __future__ import annotations
@@ -38,15 +40,15 @@ class DotEBMConfig(Config):
     """Hyperparameters of the dot-product EBM (defaults tuned on an ML-100K validation split)."""
 
     dim: int = 200
-    user_model: str = "history"
+    user_model: str = "free"
     loss: str = "exact"
     n_negatives: int = 256
     proposal_alpha: float = 0.75
-    epochs: int = 200
+    epochs: int = 300
     batch_size: int = 128
     lr: float = 1e-3
-    l2: float = 1e-4
-    dropout: float = 0.5
+    l2: float = 1e-2
+    dropout: float = 0.2
     temperature: float = 1.0
     patience: int = 15
     fold_in_epochs: int = 100
