@@ -136,7 +136,12 @@ def fit_with_validation(name: str, options: dict[str, Any], data: PreparedData, 
     logger.info("%s: best validation epoch %d (%s)", name, best, model.history.best_value)
     if not refit:
         return model
-    final = build_model(name, {**options, "epochs": max(best, 1)})
+    refit_options = dict(options)
+    # models trained in epochs refit for the best number; the others (closed form, or a fixed
+    # iteration count that is a tuned hyperparameter) refit with the same options
+    if "epochs" in {field.name for field in dataclasses.fields(model.config)}:
+        refit_options["epochs"] = max(best, 1)
+    final = build_model(name, refit_options)
     final.fit(data.train.user_items, callback=callback, show_progress=show_progress)
     final.history.best_epoch = best
     final.history.best_value = model.history.best_value

@@ -7,10 +7,16 @@ a ``config_class`` (a frozen dataclass) and ``save``/``load``.
 from __future__ import annotations
 
 from recsys_ebm.models.base import Recommender
+from recsys_ebm.models.baselines import ALS, BPR, EASE, ItemKNN, MostPopular
 from recsys_ebm.models.dot_ebm import DotEBM
 
 MODELS: dict[str, type[Recommender]] = {
     "dpebm": DotEBM,
+    "pop": MostPopular,
+    "als": ALS,
+    "bpr": BPR,
+    "itemknn": ItemKNN,
+    "ease": EASE,
 }
 
 
