@@ -151,7 +151,7 @@ class DotEBMModule(nn.Module):
         neg = user_vectors @ self.item_vectors[negatives].T + self.item_bias[negatives] - log_mq[negatives]
         logits = torch.cat([pos[:, None], neg[rows]], dim=1)
         per_pair = torch.logsumexp(logits, dim=1) - pos
-        return per_pair.sum() / user_vectors.shape[0]
+        return (per_pair * targets[rows, cols]).sum() / user_vectors.shape[0]
 
     def l2_penalty(self, user_vectors: torch.Tensor) -> torch.Tensor:
         if self.config.user_model == "free":
