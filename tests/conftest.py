@@ -31,3 +31,15 @@ def movielens_dir() -> Path:
             pytrace=False,
         )
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op thread: the suite's models are small, and with two threads on a busy 2-core
+    machine OpenMP spin-waiting made training ~8x slower with identical results."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
