@@ -11,16 +11,26 @@ DATASET ?= movielens
 VARIANT ?= 100k
 MODEL ?= dpebm
 PROTOCOL ?= random
+# report: comma-separated models (default: every registered model)
+MODELS ?=
 DATA_DIR ?=
 ARGS ?=
 
 DATA_FLAGS := --dataset $(DATASET) --variant $(VARIANT) $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
+# export: top-K per user; bench: extra flags for benchmarks/run_all.py (e.g. --quick)
+K ?= 100
+OUTPUT ?= outputs/exports/$(DATASET)-$(VARIANT)-$(MODEL)-top$(K).parquet
+BENCH_ARGS ?=
 
-.PHONY: help setup train evaluate test lint clean
+.PHONY: help setup train evaluate evaluate-model test lint clean export bench
 
 help:
 	@echo "make train    [DATASET=movielens VARIANT=100k MODEL=dpebm DATA_DIR=... ARGS=...]"
-	@echo "make evaluate [PROTOCOL=random ...]  -> reports/<dataset>-<variant>/<model>-<protocol>.json"
+	@echo "make evaluate [PROTOCOL=random|temporal|loo|strong MODELS=dpebm,ease ...]  -> reports/<dataset>/<protocol>.md"
+	@echo "              every model tuned on validation, refit, 3 seeds; + .json and PNG plots"
+	@echo "make evaluate-model [MODEL=dpebm PROTOCOL=random]  -> reports/<dataset>-<variant>/<model>-<protocol>.json"
+	@echo "make export   [K=100 OUTPUT=...parquet|.csv ARGS='--temperature 0.5 --seed 1' ...]"
+	@echo "make bench    [BENCH_ARGS=--quick]  -> benchmarks/results/*.json"
 	@echo "make test     run the test suite"
 	@echo "make lint     ruff"
 
@@ -35,12 +45,32 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(BIN)/recsys-ebm train $(DATA_FLAGS) --model $(MODEL) $(ARGS)
 
+# the comparison report of issue 5 (recsys_ebm/evaluation/report.py)
 evaluate: $(STAMP)
+	$(BIN)/recsys-ebm report $(DATA_FLAGS) --protocol $(PROTOCOL) \
+		$(if $(MODELS),--models $(MODELS),) $(ARGS)
+
+# one model through the single-model path (train split -> validation -> refit -> test)
+evaluate-model: $(STAMP)
 	$(BIN)/recsys-ebm evaluate $(DATA_FLAGS) --model $(MODEL) --protocol $(PROTOCOL) \
 		--json reports/$(DATASET)-$(VARIANT)/$(MODEL)-$(PROTOCOL).json $(ARGS)
 
+export: $(STAMP)
+	$(BIN)/recsys-ebm export $(DATA_FLAGS) --model $(MODEL) --k $(K) --output $(OUTPUT) $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# Shilling-attack detection grid (issue 6): attack x size x filler x detector on $(DATASET)-$(VARIANT),
+# writes reports/<dataset>-<variant>/anomaly.md + anomaly.png and logs to MLflow. One torch thread:
+# the grid fits many small models, for which extra intra-op threads only add contention.
+.PHONY: anomaly
+anomaly: $(STAMP)
+	$(BIN)/recsys-ebm anomaly $(DATA_FLAGS) --grid --threads 1 --quiet \
+		--report-dir reports/$(DATASET)-$(VARIANT) $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check recsys_ebm tests benchmarks

@@ -149,7 +149,8 @@ def evaluate_rating_folds(
     -------
     dict with ``rmse``, ``rmse_std``, ``mae``, ``mae_std`` (mean / population std over the
     folds run), ``folds`` (one dict per fold: ``fold``, ``rmse``, ``mae``, ``n_test``,
-    ``n_fallback``, ``n_train``, ``fit_seconds``, ``predict_seconds``, ``best_epoch``),
+    ``n_fallback``, ``n_train``, ``fit_seconds`` (wall), ``fit_cpu_seconds`` (CPU time of this
+    process, all threads: comparable on a shared machine), ``predict_seconds``, ``best_epoch``),
     ``protocol``, ``dataset``, ``n_folds``, ``seed``, ``rating_scale``.
     """
     if protocol not in PROTOCOLS:
@@ -173,9 +174,10 @@ def evaluate_rating_folds(
             fit_kwargs["callback"] = lambda epoch, metrics, _name=name: callback(_name, epoch, metrics)
         if getattr(model, "uses_query_pattern", False):
             fit_kwargs["implicit"] = _test_pattern(train, split.test)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         model.fit(ratings, **fit_kwargs)
         fit_seconds = time.perf_counter() - start
+        fit_cpu_seconds = time.process_time() - cpu_start
         start = time.perf_counter()
         pred, known = predict_test_ratings(model, train, split.train, split.test)
         predict_seconds = time.perf_counter() - start
@@ -189,6 +191,7 @@ def evaluate_rating_folds(
             "n_fallback": int((~known).sum()),
             "n_train": int(ratings.nnz),
             "fit_seconds": fit_seconds,
+            "fit_cpu_seconds": fit_cpu_seconds,
             "predict_seconds": predict_seconds,
             "best_epoch": int(getattr(history, "best_epoch", 0)),
         }

@@ -1,0 +1,88 @@
+"""Run the export, retrieval and sampler benchmarks and check the issue's bars.
+
+    python -m benchmarks.run_all              # full scale: ML-20M shape, 1M-item catalog
+    python -m benchmarks.run_all --quick      # 10% of the users, 100k-item catalog
+    python -m benchmarks.run_all --summarize  # bars from the JSON results already written
+
+Each benchmark writes its own JSON under ``benchmarks/results/``; this writes ``summary.json``
+(``summary-quick.json`` with --quick) with the bars:
+
+* exact export at least as fast as `implicit` (goal 2x), identical top-k sets up to ties,
+  peak memory under 2 GB;
+* an approximate index with recall@100 >= 0.95 at >= 5x the flat index's queries/s;
+* exploratory sampling at most 1.5x the cost of the exact ranking.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from benchmarks import bench_export, bench_retrieval, bench_sampler
+from benchmarks.common import RESULTS, environment, table, write_result
+
+
+def _run_or_load(run: bool, name: str, bench, argv: list[str]) -> dict:
+    if run:
+        return bench.main(argv)
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: run the benchmark first")
+    return json.loads(path.read_text())
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small scale, for a quick check")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per method in export/sampler")
+    parser.add_argument("--skip", default="", help="comma-separated: export,retrieval,sampler")
+    parser.add_argument("--summarize", action="store_true", help="read results/*.json, run nothing")
+    args = parser.parse_args(argv)
+    run = not args.summarize
+    tag = "-scale0.1-items1" if args.quick else ""
+    skip = set(filter(None, args.skip.split(",")))
+    scale = ["--scale", "0.1", "--item-scale", "1"] if args.quick else []
+    repeat = ["--repeat", str(args.repeat)]
+    bars = []
+    if "export" not in skip:
+        export = _run_or_load(run, f"export{tag}", bench_export, [*scale, *repeat])
+        by = {m["method"]: m for m in export["methods"]}
+        speedup = export["speedup_exact_vs_implicit"]
+        bars.append({"bar": "exact export vs implicit (>= 1x, goal 2x)", "value": f"{speedup:.2f}x",
+                     "met": speedup >= 1.0, "goal_met": speedup >= 2.0})
+        ties = export["agreement"]["identical_up_to_ties"]
+        bars.append({"bar": "identical top-k sets up to ties", "value": f"{ties:.4%}", "met": ties == 1.0})
+        memory = by["exact"]["peak_rss_mb"]
+        bars.append({"bar": "exact path peak memory < 2 GB", "value": f"{memory:,.0f} MB",
+                     "met": memory < 2048})
+        if "export" in by:
+            bars.append({"bar": "full export (probabilities + Parquet) vs implicit (info)",
+                         "value": f"{export['speedup_export_vs_implicit']:.2f}x, "
+                                  f"{by['export']['peak_rss_mb']:,.0f} MB", "met": None})
+    if "retrieval" not in skip:
+        retrieval = _run_or_load(run, "retrieval-100000" if args.quick else "retrieval", bench_retrieval,
+                                 ["--n-items", "100000", "--queries", "1000"] if args.quick else [])
+        best = retrieval["best_at_recall_0.95"]
+        bars.append({"bar": "approximate recall@100 >= 0.95 at >= 5x flat QPS",
+                     "value": (f"{best['kind']} {best['setting']}: recall {best['recall']:.3f}, "
+                               f"{best['speedup']:.1f}x") if best else "no setting reached 0.95",
+                     "met": retrieval["bar"]["met"]})
+    if "sampler" not in skip:
+        sampler = _run_or_load(run, f"sampler{tag}", bench_sampler, [*scale, *repeat])
+        ratio = sampler["cost_ratio_sampled_vs_exact"]
+        bars.append({"bar": "sampling T=0.5 top-10 <= 1.5x exact", "value": f"{ratio:.2f}x",
+                     "met": ratio <= 1.5})
+    for row in bars:
+        row["status"] = {True: "met", False: "MISSED", None: "-"}[row["met"]]
+        if row.get("goal_met") is not None:
+            row["status"] += " (goal met)" if row["goal_met"] else " (goal not met)"
+    print("\nBars")
+    print(table(bars, [("bar", "bar", "s"), ("value", "measured", "s"), ("status", "status", "s")]))
+    summary = {"quick": args.quick, "bars": bars, "environment": environment()}
+    path = write_result("summary-quick" if args.quick else "summary", summary)
+    print(f"-> {path}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Batch export: exact and sampled lists, probabilities, atomic writes, resume, CLI + MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from mlflow.tracking import MlflowClient
+
+from benchmarks.synthetic import SyntheticConfig, generate
+from recsys_ebm.export import ExportConfig, export_recommendations, parts_dir
+from recsys_ebm.models.dot_ebm import DotEBM
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[DotEBM, sp.csr_matrix]:
+    data = generate(SyntheticConfig(n_users=150, n_items=120, n_interactions=4000, rank=4, n_tastes=6, seed=1))
+    model = DotEBM(dim=8, user_model="free", epochs=3, lr=0.05, seed=0).fit(data.user_items, show_progress=False)
+    return model, data.user_items
+
+
+class ScoreOnly:
+    """A Recommender without vectors: export must go through `score`."""
+
+    def __init__(self, model: DotEBM):
+        self.model = model
+        self.n_users, self.n_items = model.n_users, model.n_items
+
+    def score(self, user_ids, user_items=None):
+        return self.model.score(user_ids)
+
+
+RAW_USERS = lambda n: np.arange(n) * 10 + 7  # noqa: E731
+RAW_ITEMS = lambda n: np.arange(n) * 3 + 1000  # noqa: E731
+
+
+def _read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if str(path).endswith(".csv") else pd.read_parquet(path)
+
+
+def _softmax_unseen(scores: np.ndarray, seen: np.ndarray, temperature: float) -> np.ndarray:
+    z = np.where(seen, -np.inf, scores.astype(np.float64) / temperature)
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def test_exact_export_matches_recommend(fitted, tmp_path):
+    model, user_items = fitted
+    out = tmp_path / "top.parquet"
+    result = export_recommendations(model, out, user_items=user_items, raw_user_ids=RAW_USERS(model.n_users),
+                                    raw_item_ids=RAW_ITEMS(model.n_items), k=10, chunk_size=40,
+                                    show_progress=False)
+    frame = _read(out)
+    assert list(frame.columns) == ["user_id", "rank", "item_id", "energy", "probability"]
+    assert result.n_rows == len(frame) == model.n_users * 10 and result.n_chunks == 4
+    assert not parts_dir(out).exists()
+    users = (frame["user_id"].to_numpy() - 7) // 10
+    items = (frame["item_id"].to_numpy() - 1000) // 3
+    ids, scores = model.recommend(np.arange(model.n_users), user_items, k=10)
+    np.testing.assert_array_equal(items.reshape(-1, 10), ids)
+    np.testing.assert_array_equal(users.reshape(-1, 10), np.repeat(np.arange(model.n_users), 10).reshape(-1, 10))
+    np.testing.assert_array_equal(frame["rank"].to_numpy().reshape(-1, 10), np.tile(np.arange(1, 11), (model.n_users, 1)))
+    np.testing.assert_allclose(frame["energy"].to_numpy(), -scores.ravel(), rtol=1e-5, atol=1e-6)
+    seen = user_items.toarray() > 0
+    assert not seen[users, items].any()
+    # T = 0: probabilities are the T = 1 Gibbs distribution over unseen items
+    p = _softmax_unseen(model.score(np.arange(model.n_users)), seen, 1.0)
+    np.testing.assert_allclose(frame["probability"].to_numpy(), p[users, items], rtol=1e-4)
+
+
+def test_score_only_models_export_the_same(fitted, tmp_path):
+    model, user_items = fitted
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    export_recommendations(model, a, user_items=user_items, k=7, show_progress=False)
+    export_recommendations(ScoreOnly(model), b, user_items=user_items, k=7, show_progress=False)
+    fa, fb = _read(a), _read(b)
+    pd.testing.assert_frame_equal(fa[["user_id", "rank", "item_id"]], fb[["user_id", "rank", "item_id"]])
+    np.testing.assert_allclose(fa["energy"], fb["energy"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fa["probability"], fb["probability"], rtol=1e-4)
+
+
+def test_sampled_export_is_reproducible_and_chunk_invariant(fitted, tmp_path):
+    model, user_items = fitted
+    kwargs = dict(user_items=user_items, k=6, temperature=0.7, show_progress=False)
+    a = export_recommendations(model, tmp_path / "a.csv", seed=3, chunk_size=1000, **kwargs).path
+    b = export_recommendations(model, tmp_path / "b.csv", seed=3, chunk_size=17, batch_size=5,
+                               n_threads=1, **kwargs).path
+    c = export_recommendations(model, tmp_path / "c.csv", seed=4, **kwargs).path
+    d = export_recommendations(ScoreOnly(model), tmp_path / "d.csv", seed=3, chunk_size=33, **kwargs).path
+    fa, fb, fc, fd = _read(a), _read(b), _read(c), _read(d)
+    pd.testing.assert_frame_equal(fa, fb)
+    assert not fa["item_id"].equals(fc["item_id"])
+    assert (fa["item_id"] == fd["item_id"]).mean() > 0.98  # same draws up to rounding of the product
+    users, items = fa["user_id"].to_numpy(), fa["item_id"].to_numpy()
+    seen = user_items.toarray() > 0
+    assert not seen[users, items].any()
+    assert fa.groupby("user_id")["item_id"].nunique().eq(6).all()
+    scores = model.score(np.arange(model.n_users))
+    np.testing.assert_allclose(fa["energy"], -scores[users, items], rtol=1e-5, atol=1e-6)
+    p = _softmax_unseen(scores, seen, 0.7)
+    np.testing.assert_allclose(fa["probability"], p[users, items], rtol=1e-4)
+
+
+def test_users_with_fewer_than_k_unseen_items(fitted, tmp_path):
+    model, _ = fitted
+    seen = np.zeros((model.n_users, model.n_items), np.float32)
+    seen[0, 3:] = 1  # 3 unseen items
+    seen[1, :] = 1  # nothing left
+    out = export_recommendations(model, tmp_path / "f.parquet", user_items=sp.csr_matrix(seen), k=5,
+                                 show_progress=False).path
+    frame = _read(out)
+    counts = frame.groupby("user_id").size()
+    assert counts[0] == 3 and 1 not in counts.index and counts.drop(0).eq(5).all()
+    assert set(frame.loc[frame.user_id == 0, "item_id"]) == {0, 1, 2}
+
+
+def test_interrupted_export_keeps_the_previous_file_and_resumes(fitted, tmp_path):
+    model, user_items = fitted
+    out = tmp_path / "top.parquet"
+    out.write_bytes(b"previous export")
+    kwargs = dict(user_items=user_items, k=5, temperature=0.5, seed=1, chunk_size=30, show_progress=False)
+
+    def stop_after_two(index: int, n_chunks: int) -> None:
+        if index == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export_recommendations(model, out, on_chunk=stop_after_two, **kwargs)
+    assert out.read_bytes() == b"previous export"
+    assert sorted(p.name for p in parts_dir(out).glob("part-*")) == ["part-000000.arrow", "part-000001.arrow"]
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary files left behind
+    # settings changed: refuse to mix chunks
+    with pytest.raises(ValueError, match="seed"):
+        export_recommendations(model, out, resume=True, **{**kwargs, "seed": 2})
+    assert out.read_bytes() == b"previous export"
+    seen_chunks = []
+    result = export_recommendations(model, out, resume=True, on_chunk=lambda i, n: seen_chunks.append(i), **kwargs)
+    assert result.resumed_chunks == 2 and seen_chunks == [2, 3, 4]
+    fresh = export_recommendations(model, tmp_path / "fresh.parquet", **kwargs)
+    pd.testing.assert_frame_equal(_read(out), _read(fresh.path))
+    assert not parts_dir(out).exists()
+    # without resume, leftover chunks of another run are discarded, not reused
+    with pytest.raises(KeyboardInterrupt):
+        export_recommendations(model, out, on_chunk=stop_after_two, **kwargs)
+    export_recommendations(model, out, **{**kwargs, "seed": 9})
+    assert not _read(out).equals(_read(fresh.path))
+
+
+def test_export_config_validation(fitted, tmp_path):
+    model, user_items = fitted
+    for bad in ({"k": 0}, {"temperature": -1.0}, {"chunk_size": 0}, {"unknown": 1},
+                {"temperature": float("inf")}):
+        with pytest.raises(ValueError):
+            export_recommendations(model, tmp_path / "x.parquet", user_items=user_items, show_progress=False, **bad)
+    with pytest.raises(ValueError):
+        export_recommendations(model, tmp_path / "x.parquet", user_items=user_items[:5], show_progress=False)
+    with pytest.raises(ValueError):
+        export_recommendations(model, tmp_path / "x.parquet", raw_user_ids=[1, 2], show_progress=False)
+    with pytest.raises(ValueError):
+        export_recommendations(model, tmp_path / "x.parquet", config=ExportConfig(), k=3)
+
+
+def test_cli_export_of_a_saved_model_logs_to_mlflow(movielens_dir, tmp_path, monkeypatch):
+    from recsys_ebm import runner
+    from recsys_ebm.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    dataset = runner.load_dataset("movielens", "100k", str(movielens_dir), download=False)
+    data = runner.prepare(runner.make_split(dataset.ratings, "random"), "random")
+    model = DotEBM(dim=4, user_model="free", epochs=1, seed=0).fit(data.train.user_items, show_progress=False)
+    model_dir = model.save(tmp_path / "model", meta={"user_ids": data.train.user_map.to_list(),
+                                                     "item_ids": data.train.item_map.to_list(),
+                                                     "dataset_checksum": dataset.checksum})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "ml100k.parquet"
+    code = main(["export", "--quiet", "--data-dir", str(movielens_dir), "--no-download",
+                 "--model-path", str(model_dir), "--k", "20", "--output", str(out),
+                 "--tracking-uri", uri, "--experiment", "export-test"])
+    assert code == 0
+    frame = pd.read_parquet(out)
+    assert frame["user_id"].nunique() == data.train.n_users and (frame.groupby("user_id").size() == 20).all()
+    # every rating of the user is excluded, train and test alike
+    rated = set(zip(dataset.ratings["user_id"], dataset.ratings["item_id"], strict=True))
+    assert not any(pair in rated for pair in zip(frame["user_id"], frame["item_id"], strict=True))
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("export-test").experiment_id])[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["export_rows"] == len(frame)
+    assert run.data.params["export.k"] == "20" and run.data.params["dataset"] == dataset.name
+    # a sampled export through the CLI is reproducible for a seed
+    args = ["export", "--quiet", "--data-dir", str(movielens_dir), "--no-download", "--model-path",
+            str(model_dir), "--k", "5", "--temperature", "0.5", "--seed", "3", "--no-mlflow"]
+    assert main([*args, "--output", str(tmp_path / "a.csv")]) == 0
+    assert main([*args, "--output", str(tmp_path / "b.csv"), "--chunk-size", "100"]) == 0
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
