@@ -49,6 +49,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from recsys_ebm.config import Config, check
+from recsys_ebm.io import atomic_path, atomic_write_bytes
 from recsys_ebm.retrieval import (
     FactorScorer,
     _canonical_exclude,
@@ -390,7 +391,7 @@ def _prepare_parts(parts: Path, manifest: dict, resume: bool) -> set[int]:
     elif resume:
         logger.info("nothing to resume at %s; starting a new export", parts)
     parts.mkdir(parents=True)
-    _atomic_write_text(manifest_file, json.dumps(manifest, indent=2, sort_keys=True))
+    atomic_write_bytes(manifest_file, json.dumps(manifest, indent=2, sort_keys=True).encode())
     return set()
 
 
@@ -409,25 +410,8 @@ def _chunk_table(raw_users: np.ndarray, raw_items: np.ndarray, ids: np.ndarray, 
 
 
 def _write_part(path: Path, table: pa.Table) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        feather.write_feather(table, tmp, compression="uncompressed")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        feather.write_feather(table, str(tmp), compression="uncompressed")
 
 
 def _compute_chunk(kernel: _Kernel, raw_users: np.ndarray, raw_items: np.ndarray, lo: int, hi: int,

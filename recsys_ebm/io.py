@@ -11,10 +11,12 @@ save leaves any previous model at ``path`` intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,15 +80,25 @@ def _replace_dir(new: Path, target: Path) -> None:
         os.replace(new, target)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a file via a temporary sibling + ``os.replace``."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; on success it is renamed onto ``path``.
+
+    On any error (or interruption) the temporary file is removed and ``path`` is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a file via a temporary sibling + ``os.replace``."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

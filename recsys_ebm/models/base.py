@@ -148,3 +148,30 @@ class Recommender(ABC):
                 ids, vals = top_k(scores, k, exclude=exclude, allowed=items)
             out_ids[start:stop], out_scores[start:stop] = ids, vals
         return out_ids, out_scores
+
+
+class EmbeddingMixin:
+    """Scores from user and item vectors: -E(u, i) = <p_u, q_i> + b_i.
+
+    A model provides ``user_vectors(user_ids, user_items=None)``, the arrays ``item_factors``
+    (n_items, dim) and ``item_bias`` (n_items,), and ``_require_fitted()``; FAISS retrieval
+    (``recsys_ebm.retrieval``) serves any model with these three methods.
+    """
+
+    item_factors: np.ndarray | None
+    item_bias: np.ndarray | None
+
+    def item_vectors(self) -> np.ndarray:
+        """q_i (n_items, dim) float32."""
+        self._require_fitted()
+        return self.item_factors
+
+    def item_biases(self) -> np.ndarray:
+        """b_i (n_items,) float32."""
+        self._require_fitted()
+        return self.item_bias
+
+    def score(self, user_ids, user_items: sp.csr_matrix | None = None) -> np.ndarray:
+        """<p_u, q_i> + b_i for every item: float32 (n, n_items)."""
+        vectors = self.user_vectors(user_ids, user_items)
+        return (vectors @ self.item_factors.T + self.item_bias).astype(np.float32, copy=False)

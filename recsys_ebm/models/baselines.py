@@ -40,7 +40,13 @@ from threadpoolctl import threadpool_limits
 from recsys_ebm.config import Config, check
 from recsys_ebm.errors import ModelFitError
 from recsys_ebm.io import load_model_dir, save_model_dir
-from recsys_ebm.models.base import EpochCallback, Recommender, check_user_ids, check_user_items
+from recsys_ebm.models.base import (
+    EmbeddingMixin,
+    EpochCallback,
+    Recommender,
+    check_user_ids,
+    check_user_items,
+)
 from recsys_ebm.training import TrainingHistory, ranking_validator
 
 logger = logging.getLogger(__name__)
@@ -397,7 +403,7 @@ class EASE(_ItemItemBaseline):
 
 
 # ---------------------------------------------------------------------------------- factor models
-class _FactorBaseline(_Baseline):
+class _FactorBaseline(EmbeddingMixin, _Baseline):
     """score = user_vectors . item_vectors + item_biases, so FAISS retrieval can serve it."""
 
     def __init__(self, config: Config | None = None, **options):
@@ -415,21 +421,6 @@ class _FactorBaseline(_Baseline):
         if rows is None:
             return self.user_factors[ids]
         return self._fold_in(rows)
-
-    def item_vectors(self) -> np.ndarray:
-        """q_i (n_items, dim) float32."""
-        self._require_fitted()
-        return self.item_factors
-
-    def item_biases(self) -> np.ndarray:
-        """b_i (n_items,) float32."""
-        self._require_fitted()
-        return self.item_bias
-
-    def score(self, user_ids, user_items: sp.csr_matrix | None = None) -> np.ndarray:
-        """<p_u, q_i> + b_i for every item: float32 (n, n_items)."""
-        vectors = self.user_vectors(user_ids, user_items)
-        return (vectors @ self.item_factors.T + self.item_bias).astype(np.float32, copy=False)
 
     def _check_finite(self) -> None:
         for name in ("user_factors", "item_factors", "item_bias"):

@@ -27,7 +27,13 @@ from torch import nn
 from recsys_ebm.config import Config, check
 from recsys_ebm.errors import ModelFitError
 from recsys_ebm.io import load_model_dir, save_model_dir
-from recsys_ebm.models.base import EpochCallback, Recommender, check_user_ids, check_user_items
+from recsys_ebm.models.base import (
+    EmbeddingMixin,
+    EpochCallback,
+    Recommender,
+    check_user_ids,
+    check_user_items,
+)
 from recsys_ebm.training import TrainingHistory, ranking_validator, run_training
 
 logger = logging.getLogger(__name__)
@@ -159,7 +165,7 @@ class DotEBMModule(nn.Module):
         return (self.encoder_weight**2).sum() + (self.item_vectors**2).sum()
 
 
-class DotEBM(Recommender):
+class DotEBM(EmbeddingMixin, Recommender):
     """Dot-product EBM recommender: ``fit`` a users x items CSR, then ``score``/``recommend``."""
 
     config_class = DotEBMConfig
@@ -312,21 +318,6 @@ class DotEBM(Recommender):
             loss.backward()
             optimizer.step()
         return vectors.detach().numpy()
-
-    def item_vectors(self) -> np.ndarray:
-        """q_i (n_items, dim) float32."""
-        self._require_fitted()
-        return self.item_factors
-
-    def item_biases(self) -> np.ndarray:
-        """b_i (n_items,) float32."""
-        self._require_fitted()
-        return self.item_bias
-
-    def score(self, user_ids, user_items: sp.csr_matrix | None = None) -> np.ndarray:
-        """-E(u, i) = <p_u, q_i> + b_i for every item: float32 (n, n_items)."""
-        vectors = self.user_vectors(user_ids, user_items)
-        return (vectors @ self.item_factors.T + self.item_bias).astype(np.float32, copy=False)
 
     def energy(self, user_ids, item_ids) -> np.ndarray:
         """E(u, i) for aligned pairs of trained users and items: float32 (n,)."""
