@@ -21,6 +21,9 @@ from recsys_ebm.models import MODELS, load_model, model_class
 
 logger = logging.getLogger("recsys_ebm.cli")
 
+#: Rating-prediction protocols of PROTOCOLS.md (RMSE / MAE over folds).
+RATING_PROTOCOLS = ("official-folds", "kfold")
+
 #: Tuned defaults per model live in pipelines/<model>.toml; used when --config is not given.
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 
@@ -95,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(evaluate)
     _add_model_args(evaluate)
     _add_tracking_args(evaluate)
-    evaluate.add_argument("--protocol", default="random", choices=runner.RANKING_PROTOCOLS)
+    evaluate.add_argument("--protocol", default="random", choices=(*runner.RANKING_PROTOCOLS, *RATING_PROTOCOLS),
+                          help="top-N protocols, or rating prediction (explicit models such as crbm): "
+                               "official-folds = ML-100K u1..u5, kfold = seeded 5-fold row split")
     evaluate.add_argument("--json", dest="json_path", default=None, help="write the metrics here")
 
     recommend = sub.add_parser("recommend", parents=[common], help="top-k items for users of a saved model")
@@ -186,6 +191,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    if args.protocol in RATING_PROTOCOLS:
+        return _evaluate_ratings(args)
     with _tracker(args, f"evaluate-{args.model}-{args.protocol}") as tracker:
         dataset, _, _, result = _train_and_evaluate(args, tracker)
         document = {"model": args.model, "dataset": dataset.name, "protocol": args.protocol,
@@ -195,6 +202,43 @@ def cmd_evaluate(args) -> int:
         atomic_write_bytes(args.json_path, json.dumps(document, indent=2).encode())
         logger.info("metrics written to %s", args.json_path)
     _print(format_table(result.summary, runner.KS) + "\n")
+    return 0
+
+
+def _evaluate_ratings(args) -> int:
+    """RMSE / MAE over rating-prediction folds (PROTOCOLS.md), for explicit-feedback models."""
+    from recsys_ebm.evaluation.rating_folds import evaluate_rating_folds
+
+    cls = model_class(args.model)
+    if not cls.fits_ratings:
+        raise ValueError(f"--protocol {args.protocol} needs a rating model (e.g. crbm); "
+                         f"{args.model!r} ranks implicit feedback")
+    if args.dataset != "movielens":
+        raise ValueError("rating-prediction protocols run on MovieLens variants (--dataset movielens)")
+    _set_threads(args.threads)
+    options = _options(args)
+    with _tracker(args, f"evaluate-{args.model}-{args.protocol}") as tracker:
+        tracker.log_params({"model": args.model, "protocol": args.protocol, "config": options})
+
+        def log_fold(fold: str, epoch: int, metrics: dict) -> None:
+            tracker.log_metrics({f"{fold}_{k}": v for k, v in metrics.items()}, step=epoch)
+
+        result = evaluate_rating_folds(
+            lambda: runner.build_model(args.model, options), args.variant, args.data_dir,
+            protocol=args.protocol, callback=log_fold, show_progress=not args.quiet,
+            download=not args.no_download)
+        summary = {key: result[key] for key in ("rmse", "rmse_std", "mae", "mae_std")}
+        tracker.log_metrics(summary)
+        document = {"model": args.model, "dataset": result["dataset"], "protocol": args.protocol,
+                    **summary, "metrics": summary, "folds": result["folds"]}
+        tracker.log_dict(document, "evaluation.json")
+    if args.json_path:
+        atomic_write_bytes(args.json_path, json.dumps(document, indent=2).encode())
+        logger.info("metrics written to %s", args.json_path)
+    lines = [f"{f['fold']}: RMSE {f['rmse']:.4f}  MAE {f['mae']:.4f}" for f in result["folds"]]
+    lines.append(f"mean: RMSE {summary['rmse']:.4f} ± {summary['rmse_std']:.4f}  "
+                 f"MAE {summary['mae']:.4f} ± {summary['mae_std']:.4f}")
+    _print("\n".join(lines) + "\n")
     return 0
 
 

@@ -118,6 +118,11 @@ def _validation_split(train: pd.DataFrame, protocol: str) -> Split:
     return random_holdout(train, 0.2, seed=VALIDATION_SEED)
 
 
+def model_input(model: Recommender, interactions: Interactions):
+    """The users x items CSR a model fits on: ratings for explicit models, else binary."""
+    return interactions.rating_matrix if model.fits_ratings else interactions.user_items
+
+
 def build_model(name: str, options: dict[str, Any] | None = None) -> Recommender:
     """A model from its registry name and config options (unknown options raise ValueError)."""
     cls = model_class(name)
@@ -130,7 +135,7 @@ def fit_with_validation(name: str, options: dict[str, Any], data: PreparedData, 
     """Early-stop on the validation split, then (``refit``) retrain on all of train for the best
     number of epochs, so the final model sees every training interaction."""
     model = build_model(name, options)
-    model.fit(data.fit_part.user_items, validation=data.validation.user_items,
+    model.fit(model_input(model, data.fit_part), validation=model_input(model, data.validation),
               callback=_prefixed(callback, "select_"), show_progress=show_progress)
     best = model.history.best_epoch
     logger.info("%s: best validation epoch %d (%s)", name, best, model.history.best_value)
@@ -142,7 +147,7 @@ def fit_with_validation(name: str, options: dict[str, Any], data: PreparedData, 
     if "epochs" in {field.name for field in dataclasses.fields(model.config)}:
         refit_options["epochs"] = max(best, 1)
     final = build_model(name, refit_options)
-    final.fit(data.train.user_items, callback=callback, show_progress=show_progress)
+    final.fit(model_input(final, data.train), callback=callback, show_progress=show_progress)
     final.history.best_epoch = best
     final.history.best_value = model.history.best_value
     return final
@@ -158,9 +163,9 @@ def evaluate_model(model: Recommender, data: PreparedData, ks=KS,
                    show_progress: bool = False) -> RankingResult:
     """Full-catalog ranking metrics on the test target (fold-in for strong generalization)."""
     if data.fold_in is not None:
-        return evaluate_ranking(model, data.fold_in.user_items, data.test.user_items, ks,
+        return evaluate_ranking(model, model_input(model, data.fold_in), data.test.user_items, ks,
                                 fold_in=True, show_progress=show_progress)
-    return evaluate_ranking(model, data.train.user_items, data.test.user_items, ks,
+    return evaluate_ranking(model, model_input(model, data.train), data.test.user_items, ks,
                             show_progress=show_progress)
 
 
@@ -168,7 +173,7 @@ def sample_recommendations(model: Recommender, data: PreparedData, items: pd.Dat
                            n_users: int = 5, k: int = 10) -> pd.DataFrame:
     """Top-k for the first few users with raw ids (and titles when known): an MLflow artifact."""
     users = np.arange(min(n_users, data.train.n_users))
-    ids, scores = model.recommend(users, data.train.user_items, k=k)
+    ids, scores = model.recommend(users, model_input(model, data.train), k=k)
     frame = pd.DataFrame({
         "user_id": np.repeat(data.train.user_map.to_raw(users), k),
         "rank": np.tile(np.arange(1, k + 1), len(users)),

@@ -423,7 +423,7 @@ def test_pipeline_file_holds_the_defaults():
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "pipelines" / "crbm.toml"
-    assert CRBMConfig.from_toml(path, "crbm") == CRBMConfig()
+    assert CRBMConfig.from_toml(path, "model") == CRBMConfig()
 
 
 def test_config_from_toml_lists(tmp_path):

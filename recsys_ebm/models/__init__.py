@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from recsys_ebm.models.base import Recommender
 from recsys_ebm.models.baselines import ALS, BPR, EASE, ItemKNN, MostPopular
+from recsys_ebm.models.crbm import CRBM
 from recsys_ebm.models.dot_ebm import DotEBM
 
 MODELS: dict[str, type[Recommender]] = {
     "dpebm": DotEBM,
+    "crbm": CRBM,
     "pop": MostPopular,
     "als": ALS,
     "bpr": BPR,

@@ -59,6 +59,8 @@ class Recommender(ABC):
 
     n_users: int
     n_items: int
+    #: True for explicit-feedback models: they fit on (and fold users in from) the ratings CSR
+    fits_ratings: bool = False
 
     @abstractmethod
     def fit(self, user_items: sp.csr_matrix, *, callback: EpochCallback | None = None,

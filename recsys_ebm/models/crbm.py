@@ -510,6 +510,9 @@ class CRBM(Recommender):
     ``free_energy`` for anomaly scoring.
     """
 
+    config_class = CRBMConfig
+    fits_ratings = True
+
     def __init__(self, config: CRBMConfig | None = None, **options):
         if config is not None and options:
             raise ValueError("pass either a config or keyword options, not both")
