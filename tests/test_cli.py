@@ -128,3 +128,35 @@ def test_console_script_is_installed():
     script = Path(sys.executable).with_name("recsys-ebm")
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
     assert "train" in result.stdout and "evaluate" in result.stdout
+
+
+def test_crbm_official_folds_json(tmp_path, movielens_dir):
+    path = tmp_path / "crbm.json"
+    code = main(["evaluate", "--model", "crbm", "--protocol", "official-folds", "--data-dir",
+                 str(movielens_dir), "--no-mlflow", "--set", "epochs=2", "--quiet", "--json", str(path)])
+    assert code == 0
+    document = json.loads(path.read_text())
+    assert [f["fold"] for f in document["folds"]] == ["u1", "u2", "u3", "u4", "u5"]
+    assert all(f["n_test"] == 20000 for f in document["folds"])
+    rmses = np.array([f["rmse"] for f in document["folds"]])
+    assert document["rmse"] == pytest.approx(rmses.mean()) and document["rmse_std"] == pytest.approx(rmses.std())
+    assert 0.85 < document["rmse"] < 1.1 and 0.6 < document["mae"] < document["rmse"]
+
+
+def test_rating_protocol_rejects_implicit_models(movielens_dir, caplog):
+    code = main(["evaluate", "--model", "ease", "--protocol", "official-folds", "--data-dir",
+                 str(movielens_dir), "--no-mlflow"])
+    assert code == 2 and "rating model" in caplog.text
+
+
+def test_train_crbm_fits_on_ratings(tmp_path, movielens_dir, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(["train", "--model", "crbm", "--data-dir", str(movielens_dir), "--tracking-uri", uri,
+                 "--output-dir", str(tmp_path / "crbm"), "--set", "epochs=2", "--quiet"])
+    assert code == 0 and "ndcg" in capsys.readouterr().out
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("recsys_ebm").experiment_id])
+    assert {"select_val_rmse", "test_ndcg_at_10"} <= set(run.data.metrics)
+    model = load_model(tmp_path / "crbm")
+    ratings = model.predict(np.array([0, 1]), np.array([0, 5]))
+    assert np.all((ratings >= 1) & (ratings <= 5))
