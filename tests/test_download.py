@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from test_movielens import GENRES_100K
 
 from recsys_ebm.data.movielens import (
     download_movielens,
@@ -32,32 +33,7 @@ U_ITEM = (
     "10|Made-up Movie (2000)|01-Jan-2000||http://example.invalid|0|1|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
     "20|Another One (2001)|01-Jan-2001||http://example.invalid|0|0|0|0|0|1|0|0|1|0|0|0|0|0|0|0|0|0|0\n"
 )
-U_GENRE = "".join(
-    f"{g}|{i}\n"
-    for i, g in enumerate(
-        [
-            "unknown",
-            "Action",
-            "Adventure",
-            "Animation",
-            "Children's",
-            "Comedy",
-            "Crime",
-            "Documentary",
-            "Drama",
-            "Fantasy",
-            "Film-Noir",
-            "Horror",
-            "Musical",
-            "Mystery",
-            "Romance",
-            "Sci-Fi",
-            "Thriller",
-            "War",
-            "Western",
-        ]
-    )
-)
+U_GENRE = "".join(f"{g}|{i}\n" for i, g in enumerate(GENRES_100K))
 
 
 def make_zip(members: dict[str, str], symlinks: dict[str, str] | None = None) -> bytes:
