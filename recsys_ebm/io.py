@@ -69,6 +69,17 @@ def load_model_dir(path: str | Path) -> tuple[str, dict[str, Any], dict[str, tor
     return document["model"], document["config"], tensors, document.get("meta", {})
 
 
+def read_model_name(path: str | Path) -> str:
+    """The model name recorded in a saved directory's config.json (reads no weights)."""
+    config_file = Path(path) / CONFIG_FILE
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} is not a saved model: {CONFIG_FILE} is missing")
+    try:
+        return json.loads(config_file.read_text())["model"]
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise ValueError(f"{config_file}: no model name ({exc!r})") from exc
+
+
 def _replace_dir(new: Path, target: Path) -> None:
     """Rename ``new`` to ``target``; an existing ``target`` is swapped out, then removed."""
     if target.exists():

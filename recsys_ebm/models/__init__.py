@@ -32,7 +32,6 @@ def model_class(name: str) -> type[Recommender]:
 
 def load_model(path) -> Recommender:
     """Load any saved model directory, dispatching on the name stored in its config.json."""
-    from recsys_ebm.io import load_model_dir
+    from recsys_ebm.io import read_model_name
 
-    name = load_model_dir(path)[0]
-    return model_class(name).load(path)
+    return model_class(read_model_name(path)).load(path)

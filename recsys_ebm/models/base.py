@@ -75,6 +75,19 @@ class Recommender(ABC):
         interactions (fold-in), which also serves users unseen in training.
         """
 
+    @classmethod
+    def _load_dir(cls, path, model_name: str) -> tuple[Recommender, dict, dict]:
+        """Read a saved model directory, check it holds ``model_name``, and build the model
+        (config, ``n_users``, ``n_items`` set) for ``load`` to fill: ``(model, tensors, meta)``."""
+        from recsys_ebm.io import load_model_dir
+
+        name, config, tensors, meta = load_model_dir(path)
+        if name != model_name:
+            raise ValueError(f"{path} holds a {name!r} model, not {model_name!r}")
+        model = cls(cls.config_class.from_dict(config))
+        model.n_users, model.n_items = int(meta["n_users"]), int(meta["n_items"])
+        return model, tensors, meta
+
     def recommend(
         self,
         user_ids,

@@ -39,7 +39,7 @@ from threadpoolctl import threadpool_limits
 
 from recsys_ebm.config import Config, check
 from recsys_ebm.errors import ModelFitError
-from recsys_ebm.io import load_model_dir, save_model_dir
+from recsys_ebm.io import save_model_dir
 from recsys_ebm.models.base import (
     EmbeddingMixin,
     EpochCallback,
@@ -255,11 +255,7 @@ class _Baseline(Recommender):
 
     @classmethod
     def load(cls, path):
-        name, config, tensors, meta = load_model_dir(path)
-        if name != cls.model_name:
-            raise ValueError(f"{path} holds a {name!r} model, not {cls.model_name!r}")
-        model = cls(cls.config_class.from_dict(config))
-        model.n_users, model.n_items = int(meta["n_users"]), int(meta["n_items"])
+        model, tensors, meta = cls._load_dir(path, cls.model_name)
         model._restore(tensors)
         model.history = TrainingHistory(best_epoch=int(meta.get("best_epoch", 0)))
         model.meta = meta

@@ -43,7 +43,7 @@ import torch.nn.functional as fn
 from torch import nn
 
 from recsys_ebm.config import Config, check
-from recsys_ebm.io import load_model_dir, save_model_dir
+from recsys_ebm.io import save_model_dir
 from recsys_ebm.models.base import EpochCallback, Recommender, check_user_ids, check_user_items
 from recsys_ebm.training import TrainingHistory, run_training
 
@@ -939,11 +939,7 @@ class CRBM(Recommender):
 
     @classmethod
     def load(cls, path) -> CRBM:
-        name, config, tensors, meta = load_model_dir(path)
-        if name != MODEL_NAME:
-            raise ValueError(f"{path} holds a {name!r} model, not {MODEL_NAME!r}")
-        model = cls(CRBMConfig.from_dict(config))
-        model.n_users, model.n_items = int(meta["n_users"]), int(meta["n_items"])
+        model, tensors, meta = cls._load_dir(path, MODEL_NAME)
         model.levels = tensors["levels"].numpy().astype(np.float64)
         n_units, n_levels, n_hidden = tensors["W"].shape
         module = CRBMModule(n_units, n_levels, n_hidden, "D" in tensors, torch.Generator().manual_seed(0))

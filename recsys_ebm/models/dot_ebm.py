@@ -26,7 +26,7 @@ from torch import nn
 
 from recsys_ebm.config import Config, check
 from recsys_ebm.errors import ModelFitError
-from recsys_ebm.io import load_model_dir, save_model_dir
+from recsys_ebm.io import save_model_dir
 from recsys_ebm.models.base import (
     EmbeddingMixin,
     EpochCallback,
@@ -357,11 +357,7 @@ class DotEBM(EmbeddingMixin, Recommender):
 
     @classmethod
     def load(cls, path) -> DotEBM:
-        name, config, tensors, meta = load_model_dir(path)
-        if name != MODEL_NAME:
-            raise ValueError(f"{path} holds a {name!r} model, not {MODEL_NAME!r}")
-        model = cls(DotEBMConfig.from_dict(config))
-        model.n_users, model.n_items = int(meta["n_users"]), int(meta["n_items"])
+        model, tensors, meta = cls._load_dir(path, MODEL_NAME)
         model.user_factors = tensors["user_factors"].numpy()
         model.item_factors = tensors["item_factors"].numpy()
         model.item_bias = tensors["item_bias"].numpy()
