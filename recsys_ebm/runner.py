@@ -7,6 +7,7 @@ of the same shape -> fit -> evaluate. Raw ids reappear only in artifacts and exp
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +64,6 @@ def load_dataset(dataset: str, variant: str = "100k", data_dir: str | None = Non
             f"dataset {dataset!r} is neither 'movielens' nor an existing CSV/Parquet file"
         )
     frame = read_interactions(path, **reader_options)
-    import hashlib
-
     checksum = hashlib.sha256(path.read_bytes()).hexdigest()
     return Dataset(path.stem, frame, None, checksum, str(path))
 
