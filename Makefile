@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 # CPU build of torch, pinned: an unpinned torch pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# the optional peers (scikit-surprise) for reports, benchmarks and the tests that drive them
+BENCH_STAMP := $(VENV)/.installed-bench
 
 DATASET ?= movielens
 VARIANT ?= 100k
@@ -26,7 +28,7 @@ BENCH_ARGS ?=
 
 help:
 	@echo "make train    [DATASET=movielens VARIANT=100k MODEL=dpebm DATA_DIR=... ARGS=...]"
-	@echo "make evaluate [PROTOCOL=random|temporal|loo|strong MODELS=dpebm,ease ...]  -> reports/<dataset>/<protocol>.md"
+	@echo "make evaluate [PROTOCOL=random|temporal|loo|strong|ratings MODELS=dpebm,ease ...]  -> reports/<dataset>/<protocol>.md"
 	@echo "              every model tuned on validation, refit, 3 seeds; + .json and PNG plots"
 	@echo "make evaluate-model [MODEL=dpebm PROTOCOL=random]  -> reports/<dataset>-<variant>/<model>-<protocol>.json"
 	@echo "make export   [K=100 OUTPUT=...parquet|.csv ARGS='--temperature 0.5 --seed 1' ...]"
@@ -42,26 +44,30 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
+
 train: $(STAMP)
 	$(BIN)/recsys-ebm train $(DATA_FLAGS) --model $(MODEL) $(ARGS)
 
 # the comparison report of issue 5 (recsys_ebm/evaluation/report.py)
-evaluate: $(STAMP)
+evaluate: $(BENCH_STAMP)
 	$(BIN)/recsys-ebm report $(DATA_FLAGS) --protocol $(PROTOCOL) \
 		$(if $(MODELS),--models $(MODELS),) $(ARGS)
 
 # one model through the single-model path (train split -> validation -> refit -> test)
-evaluate-model: $(STAMP)
+evaluate-model: $(BENCH_STAMP)
 	$(BIN)/recsys-ebm evaluate $(DATA_FLAGS) --model $(MODEL) --protocol $(PROTOCOL) \
 		--json reports/$(DATASET)-$(VARIANT)/$(MODEL)-$(PROTOCOL).json $(ARGS)
 
 export: $(STAMP)
 	$(BIN)/recsys-ebm export $(DATA_FLAGS) --model $(MODEL) --k $(K) --output $(OUTPUT) $(ARGS)
 
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
-test: $(STAMP)
+test: $(BENCH_STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
 
 # Shilling-attack detection grid (issue 6): attack x size x filler x detector on $(DATASET)-$(VARIANT),

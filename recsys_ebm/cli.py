@@ -14,10 +14,11 @@ from typing import Any
 
 from recsys_ebm import runner
 from recsys_ebm._compat import tomllib
-from recsys_ebm.errors import DataError, DatasetNotFoundError, ModelFitError
+from recsys_ebm.errors import DataError, DatasetNotFoundError, MissingDependencyError, ModelFitError
 from recsys_ebm.evaluation.evaluate import format_table
 from recsys_ebm.io import atomic_write_bytes
 from recsys_ebm.models import MODELS, load_model, model_class
+from recsys_ebm.models.rating_baselines import RATING_BASELINES, make_rating_baseline
 
 logger = logging.getLogger("recsys_ebm.cli")
 
@@ -54,9 +55,11 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--timestamp-col", default="timestamp", help="timestamp column ('' for none)")
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
+def _add_model_args(parser: argparse.ArgumentParser, extra_models: tuple[str, ...] = ()) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default="dpebm", choices=sorted(MODELS))
+    group.add_argument("--model", default="dpebm", choices=[*sorted(MODELS), *extra_models],
+                       help=("a model; the rating-only baselines (" + ", ".join(extra_models) + ") "
+                             "run with the rating protocols") if extra_models else None)
     group.add_argument("--config", default=None,
                        help="TOML file with model options (default: pipelines/<model>.toml when present)")
     group.add_argument("--set", dest="overrides", action="append", default=[], type=_parse_override,
@@ -96,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", parents=[common], help="run an evaluation protocol and write metrics as JSON")
     _add_data_args(evaluate)
-    _add_model_args(evaluate)
+    _add_model_args(evaluate, RATING_BASELINES)
     _add_tracking_args(evaluate)
     evaluate.add_argument("--protocol", default="random", choices=(*runner.RANKING_PROTOCOLS, *RATING_PROTOCOLS),
                           help="top-N protocols, or rating prediction (explicit models such as crbm): "
@@ -193,6 +196,9 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     if args.protocol in RATING_PROTOCOLS:
         return _evaluate_ratings(args)
+    if args.model in RATING_BASELINES:
+        raise ValueError(f"{args.model!r} predicts ratings only; evaluate it with "
+                         f"--protocol {' or '.join(RATING_PROTOCOLS)}")
     with _tracker(args, f"evaluate-{args.model}-{args.protocol}") as tracker:
         dataset, _, _, result = _train_and_evaluate(args, tracker)
         document = {"model": args.model, "dataset": dataset.name, "protocol": args.protocol,
@@ -209,14 +215,25 @@ def _evaluate_ratings(args) -> int:
     """RMSE / MAE over rating-prediction folds (PROTOCOLS.md), for explicit-feedback models."""
     from recsys_ebm.evaluation.rating_folds import evaluate_rating_folds
 
-    cls = model_class(args.model)
-    if not cls.fits_ratings:
-        raise ValueError(f"--protocol {args.protocol} needs a rating model (e.g. crbm); "
-                         f"{args.model!r} ranks implicit feedback")
+    if args.model in RATING_BASELINES:
+        options = dict(args.overrides)
+        if args.seed is not None:
+            options["seed"] = args.seed
+        options = dict(make_rating_baseline(args.model, options).options)  # validates them now
+
+        def factory():
+            return make_rating_baseline(args.model, options)
+    else:
+        if not model_class(args.model).fits_ratings:
+            raise ValueError(f"--protocol {args.protocol} needs a rating model (e.g. crbm); "
+                             f"{args.model!r} ranks implicit feedback")
+        options = _options(args)
+
+        def factory():
+            return runner.build_model(args.model, options)
     if args.dataset != "movielens":
         raise ValueError("rating-prediction protocols run on MovieLens variants (--dataset movielens)")
     _set_threads(args.threads)
-    options = _options(args)
     with _tracker(args, f"evaluate-{args.model}-{args.protocol}") as tracker:
         tracker.log_params({"model": args.model, "protocol": args.protocol, "config": options})
 
@@ -224,7 +241,7 @@ def _evaluate_ratings(args) -> int:
             tracker.log_metrics({f"{fold}_{k}": v for k, v in metrics.items()}, step=epoch)
 
         result = evaluate_rating_folds(
-            lambda: runner.build_model(args.model, options), args.variant, args.data_dir,
+            factory, args.variant, args.data_dir,
             protocol=args.protocol, callback=log_fold, show_progress=not args.quiet,
             download=not args.no_download)
         summary = {key: result[key] for key in ("rmse", "rmse_std", "mae", "mae_std")}
@@ -551,7 +568,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
-    except (DataError, DatasetNotFoundError, ModelFitError, FileNotFoundError, KeyError, ValueError) as exc:
+    except (DataError, DatasetNotFoundError, ModelFitError, MissingDependencyError, FileNotFoundError,
+            KeyError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
 

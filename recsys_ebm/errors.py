@@ -11,3 +11,7 @@ class DatasetNotFoundError(FileNotFoundError):
 
 class ModelFitError(RuntimeError):
     """Training diverged (NaN/inf loss or parameters); names the epoch."""
+
+
+class MissingDependencyError(ImportError):
+    """An optional extra is not installed; says which one and how to install it."""

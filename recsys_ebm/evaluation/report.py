@@ -50,6 +50,12 @@ from recsys_ebm.evaluation.metrics import hit_matrix, ndcg_at_k, recall_at_k
 from recsys_ebm.io import atomic_write_bytes
 from recsys_ebm.models import MODELS, model_class
 from recsys_ebm.models.base import Recommender
+from recsys_ebm.models.rating_baselines import (
+    RATING_BASELINES,
+    SURPRISE_BASELINES,
+    make_rating_baseline,
+    surprise_available,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +82,7 @@ ENERGY_BINS = 40
 #: rating prediction (PROTOCOLS.md): official ML-100K folds u1..u5, seeded 5-fold elsewhere
 RATING_PROTOCOL = "ratings"
 REPORT_PROTOCOLS = (*runner.RANKING_PROTOCOLS, RATING_PROTOCOL)
-#: the reference rating predictor of the rating report (``_BiasBaseline``)
+#: the reference rating predictor of the rating report (``rating_baselines.BiasBaseline``)
 BIAS_BASELINE = "bias"
 
 PROTOCOL_TEXT = {
@@ -131,7 +137,11 @@ class ReportConfig:
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {self.seeds}")
         for name in [*(self.models or ()), *self.overrides]:
-            if name != BIAS_BASELINE:
+            if name in RATING_BASELINES:
+                if self.protocol != RATING_PROTOCOL and name in (self.models or ()):
+                    raise ValueError(f"{name!r} predicts ratings only; it runs in the report with "
+                                     f"protocol {RATING_PROTOCOL!r}, not {self.protocol!r}")
+            else:
                 model_class(name)  # KeyError naming the known models
         if self.models is not None and not self.models:
             raise ValueError("models is empty")
@@ -617,40 +627,36 @@ def _clean(obj: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------- ratings
-class _BiasBaseline:
-    """Reference rating predictor mu + b_u + b_i with damped means (Koren 2010, sec. 2.1).
-
-    b_i = sum_u (r_ui - mu) / (reg_items + n_i), then b_u = sum_i (r_ui - mu - b_i) /
-    (reg_users + n_u): one closed-form pass, deterministic.
-    """
-
-    history = None
-
-    def __init__(self, reg_items: float = 10.0, reg_users: float = 15.0) -> None:
-        self.reg_items, self.reg_users = float(reg_items), float(reg_users)
-
-    def fit(self, user_items: sp.csr_matrix, *, callback=None, show_progress: bool = True):
-        ratings = sp.csr_matrix(user_items, dtype=np.float64)
-        ratings.eliminate_zeros()
-        rows = np.repeat(np.arange(ratings.shape[0]), np.diff(ratings.indptr))
-        cols, values = ratings.indices, ratings.data
-        self.mu = float(values.mean())
-        n_items = np.bincount(cols, minlength=ratings.shape[1])
-        self.item_bias = np.bincount(cols, values - self.mu, ratings.shape[1]) / (self.reg_items + n_items)
-        residual = values - self.mu - self.item_bias[cols]
-        n_users = np.bincount(rows, minlength=ratings.shape[0])
-        self.user_bias = np.bincount(rows, residual, ratings.shape[0]) / (self.reg_users + n_users)
-        return self
-
-    def predict(self, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
-        return self.mu + self.user_bias[np.asarray(user_ids)] + self.item_bias[np.asarray(item_ids)]
-
-
 def _rating_factory(name: str, config: ReportConfig):
-    if name == BIAS_BASELINE:
-        return _BiasBaseline(**config.overrides.get(name, {}))
-    options = {**tuned_defaults(name, config.pipelines_dir), **config.overrides.get(name, {})}
-    return runner.build_model(name, options)
+    if name in RATING_BASELINES:
+        return make_rating_baseline(name, config.overrides.get(name, {}))
+    return runner.build_model(name, _rating_options(name, config))
+
+
+def _rating_options(name: str, config: ReportConfig) -> dict[str, Any]:
+    """The options a rating-report model runs with (what the JSON records)."""
+    if name in RATING_BASELINES:
+        return dict(make_rating_baseline(name, config.overrides.get(name, {})).options)
+    return {**tuned_defaults(name, config.pipelines_dir), **config.overrides.get(name, {})}
+
+
+def rating_report_models(config: ReportConfig) -> list[str]:
+    """The models of a rating report: ``bias`` first, then ``config.models`` or, by default,
+    every rating model of ``RATING_MODELS`` and the scikit-surprise baselines (skipped with a
+    warning when the optional ``bench`` extra is not installed). Asking for a surprise baseline
+    that cannot be imported raises ``MissingDependencyError`` before anything runs."""
+    if config.models:
+        names = list(config.models)
+        if any(name in SURPRISE_BASELINES for name in names) and not surprise_available():
+            make_rating_baseline(next(n for n in names if n in SURPRISE_BASELINES))  # raises, naming the extra
+    else:
+        names = [m for m in RATING_MODELS if m in MODELS]
+        if surprise_available():
+            names += list(SURPRISE_BASELINES)
+        else:
+            logger.warning("scikit-surprise is not installed (optional 'bench' extra): the rating "
+                           "report runs without the surprise baselines")
+    return [BIAS_BASELINE, *[m for m in names if m != BIAS_BASELINE]]
 
 
 def run_rating_report(config: ReportConfig) -> ReportResult:
@@ -672,8 +678,7 @@ def run_rating_report(config: ReportConfig) -> ReportResult:
     load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     variant = get_variant(config.variant)
     protocol = "official-folds" if variant.name == "ml-100k" else "kfold"
-    names = list(config.models) if config.models else [m for m in RATING_MODELS if m in MODELS]
-    names = [BIAS_BASELINE, *[m for m in names if m != BIAS_BASELINE]]
+    names = rating_report_models(config)
     sections: dict[str, dict] = {}
     tracker = Tracker(config.experiment, tracking_uri=config.tracking_uri,
                       run_name=f"report-{variant.name}-ratings", enabled=config.mlflow,
@@ -692,9 +697,7 @@ def run_rating_report(config: ReportConfig) -> ReportResult:
                     callback=lambda fold, epoch, metrics, child=child: child.log_metrics(
                         {f"{fold}_{k}": v for k, v in metrics.items()}, step=epoch),
                     show_progress=config.show_progress)
-                result["options"] = ({"reg_items": 10.0, "reg_users": 15.0, **config.overrides.get(name, {})}
-                                     if name == BIAS_BASELINE else
-                                     {**tuned_defaults(name, config.pipelines_dir), **config.overrides.get(name, {})})
+                result["options"] = _rating_options(name, config)
                 result["seconds"] = time.perf_counter() - model_start
                 for index, fold in enumerate(result["folds"]):
                     child.log_metrics({"fold_rmse": fold["rmse"], "fold_mae": fold["mae"]}, step=index)
@@ -752,8 +755,11 @@ def render_rating_markdown(document: dict, plot: str) -> str:
            "- RMSE and MAE on every test rating, predictions clipped to the rating scale; a test rating "
            "whose user or item is not in the fold's training data gets the documented fallback "
            "(user mean, else item mean, else global mean) and is counted.",
-           "- `bias` is the reference predictor mu + b_u + b_i (damped means, reg 10 / 15); the other "
-           "models run with their tuned defaults (`pipelines/<model>.toml`).", "",
+           "- `bias` is the reference predictor mu + b_u + b_i (damped means, reg 10 / 15); "
+           "`surprise-*` are scikit-surprise's " + ", ".join(f"`{c}`" for c in SURPRISE_BASELINES.values())
+           + " with the library's defaults (SVD and SVDpp seeded, `random_state` 0), fitted and "
+           "scored by surprise itself on the same rows; the other models run with their tuned "
+           "defaults (`pipelines/<model>.toml`).", "",
            "## Results", "", "| model | RMSE | MAE | test ratings by fallback | time (s) |", "|---|---|---|---|---|"]
     for name, r in models.items():
         fallback = sum(f["n_fallback"] for f in r["folds"])
@@ -768,6 +774,8 @@ def render_rating_markdown(document: dict, plot: str) -> str:
         out.append(f"- `{name}` is {verdict} than `{ref}` by {abs(diff):.4f} RMSE "
                    f"({r['rmse']:.4f} vs {models[ref]['rmse']:.4f}) and "
                    f"{abs(r['mae'] - models[ref]['mae']):.4f} MAE.")
+    best = min(models, key=lambda name: models[name]["rmse"])
+    out.append(f"- Lowest RMSE: `{best}` ({models[best]['rmse']:.4f}).")
     out += ["", "## Per fold", "", "| model | " + " | ".join(f["fold"] for f in models[ref]["folds"]) + " |",
             "|---|" + "---|" * len(models[ref]["folds"])]
     for name, r in models.items():
