@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import surprise  # the 'bench' extra; make test installs it (a missing extra fails, never skips)
 
 from recsys_ebm.cli import main
 from recsys_ebm.data.interactions import Interactions
@@ -20,8 +21,6 @@ from recsys_ebm.models.rating_baselines import (
     SurpriseRating,
     make_rating_baseline,
 )
-
-import surprise  # the 'bench' extra; make test installs it (a missing extra fails, never skips)
 
 
 def test_bias_baseline_known_answer():
