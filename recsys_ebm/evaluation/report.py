@@ -786,7 +786,7 @@ def render_rating_markdown(document: dict, plot: str) -> str:
 
 def plot_rating_folds(document: dict) -> bytes:
     """RMSE per fold, one group of bars per fold, one bar per model."""
-    plt, fig, axes = _figure(1, 1, (7, 3.6))
+    plt, fig, axes = _figure(1, 1, (9.5, 3.6))
     ax = axes[0, 0]
     models = document["models"]
     width = 0.8 / len(models)
@@ -798,7 +798,7 @@ def plot_rating_folds(document: dict) -> bytes:
     lows = [f["rmse"] for r in models.values() for f in r["folds"]]
     ax.set_ylim(min(lows) * 0.97, max(lows) * 1.02)
     ax.set_ylabel("RMSE")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never on them
     ax.set_title(document["title"])
     return _png(plt, fig)
 
