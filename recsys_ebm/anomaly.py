@@ -236,7 +236,7 @@ class DotEBMDetector(Detector):
     name = "dpebm"
 
     def __init__(self, config: DotEBMConfig | None = None):
-        self.config = config or DotEBMConfig()
+        self.config = config or _default_dpebm()
         self.model: DotEBM | None = None
 
     def fit(self, ratings: sp.csr_matrix) -> DotEBMDetector:
@@ -521,7 +521,10 @@ def _default_crbm() -> CRBMConfig:
 
 
 def _default_dpebm() -> DotEBMConfig:
-    return DotEBMConfig(dim=64, epochs=30, lr=3e-3, l2=0.01, fold_in_epochs=100, seed=0)
+    # the plain dot product with L2, not the ranking default (cosine energy, no L2): cosine
+    # energies fit injected profiles as easily as genuine ones, and the detector's AUC on a
+    # contaminated random attack (5% / 5%, ML-100K) fell from 1.00 to 0.63 with them
+    return DotEBMConfig(dim=64, similarity="dot", epochs=30, lr=3e-3, l2=0.01, fold_in_epochs=100, seed=0)
 
 
 @dataclasses.dataclass(frozen=True)

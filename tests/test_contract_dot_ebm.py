@@ -18,10 +18,21 @@ class TestDotEBMHistoryContract(ModelContract):
 
 
 class TestDotEBMFreeContract(ModelContract):
-    """Free user vectors: fold-in re-optimises a new vector, so only the ranking must agree."""
+    """Free user vectors (cosine energy, the default): fold-in re-optimises a new vector, so
+    only the ranking must agree."""
 
     fold_in_exact = False
 
     def make_model(self, seed: int) -> DotEBM:
         return DotEBM(dim=8, user_model="free", loss="exact", epochs=30, lr=0.05,
                       batch_size=64, seed=seed)
+
+
+class TestDotEBMFreeDotContract(ModelContract):
+    """Free user vectors with the plain dot-product energy and L2."""
+
+    fold_in_exact = False
+
+    def make_model(self, seed: int) -> DotEBM:
+        return DotEBM(dim=8, user_model="free", similarity="dot", l2=1e-3, loss="exact", epochs=30,
+                      lr=0.05, batch_size=64, seed=seed)

@@ -5,6 +5,14 @@ The catalog is finite, so the partition function is exact: one (users x dim) @ (
 product per batch. Training maximises the exact softmax likelihood of each user's items
 (or a logQ-corrected sampled softmax for catalogs too large for that).
 
+With ``similarity="cosine"`` (the tuned default) the energy is E(u, i) = -(cos(p_u, q_i) / tau
++ b_i): user and item vectors are unit-normalised and the softmax is sharpened by the fixed
+temperature tau (``cosine_temperature``), as in contrastive learning. The scale of the logits is
+then set by tau instead of by the vectors' norms, which L2 had to hold in check; on ML-100K and
+ml-latest-small validation splits this beat the plain dot product (NDCG@10 0.270 vs 0.264 and
+0.233 vs 0.214). Stored and served vectors are the normalised ones, user vectors scaled by
+1 / tau, so the energy stays one inner product plus a bias for top-k, FAISS and export.
+
 The user vector p_u is either a free embedding per user (``user_model="free"``, the default)
 or computed from the user's history by an encoder, p_u = tanh(W x_u / ||x_u|| + c) with input
 dropout during training (``user_model="history"``). On an ML-100K validation split (carved
@@ -47,16 +55,18 @@ class DotEBMConfig(Config):
 
     dim: int = 200
     user_model: str = "free"
+    similarity: str = "cosine"
+    cosine_temperature: float = 0.25
     loss: str = "exact"
     n_negatives: int = 256
     proposal_alpha: float = 0.75
     epochs: int = 300
     batch_size: int = 128
-    lr: float = 1e-3
-    l2: float = 1e-2
+    lr: float = 2e-3
+    l2: float = 0.0
     dropout: float = 0.2
     temperature: float = 1.0
-    patience: int = 15
+    patience: int = 30
     fold_in_epochs: int = 100
     fold_in_lr: float = 0.05
     seed: int = 0
@@ -68,12 +78,15 @@ class DotEBMConfig(Config):
             check(isinstance(value, (int, np.integer)) and not isinstance(value, bool),
                   f"{name} must be an integer, got {value!r}")
         # real fields: inf passes a "> 0" test (lr=inf silently produces NaN weights)
-        for name in ("proposal_alpha", "lr", "l2", "dropout", "temperature", "fold_in_lr"):
+        for name in ("cosine_temperature", "proposal_alpha", "lr", "l2", "dropout", "temperature", "fold_in_lr"):
             value = getattr(self, name)
             check(isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
                   and math.isfinite(value), f"{name} must be a finite number, got {value!r}")
         check(self.dim >= 1, f"dim must be >= 1, got {self.dim}")
         check(self.user_model in ("history", "free"), f"user_model must be 'history' or 'free', got {self.user_model!r}")
+        check(self.similarity in ("dot", "cosine"),
+              f"similarity must be 'dot' or 'cosine', got {self.similarity!r}")
+        check(self.cosine_temperature > 0, f"cosine_temperature must be > 0, got {self.cosine_temperature}")
         check(self.loss in ("exact", "sampled"), f"loss must be 'exact' or 'sampled', got {self.loss!r}")
         check(self.n_negatives >= 1, f"n_negatives must be >= 1, got {self.n_negatives}")
         check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
@@ -134,9 +147,21 @@ class DotEBMModule(nn.Module):
         x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return torch.tanh(x @ self.encoder_weight + self.encoder_bias)
 
+    def energy_users(self, user_vectors: torch.Tensor) -> torch.Tensor:
+        """The user side of the inner product: p_u, or p_u / (|p_u| tau) for cosine energies."""
+        if self.config.similarity == "cosine":
+            return nn.functional.normalize(user_vectors, dim=1) / self.config.cosine_temperature
+        return user_vectors
+
+    def energy_items(self) -> torch.Tensor:
+        """The item side of the inner product: q_i, or q_i / |q_i| for cosine energies (n_items, dim)."""
+        if self.config.similarity == "cosine":
+            return nn.functional.normalize(self.item_vectors, dim=1)
+        return self.item_vectors
+
     def neg_energy_all(self, user_vectors: torch.Tensor) -> torch.Tensor:
-        """-E(u, i) for every item: (B, n_items)."""
-        return user_vectors @ self.item_vectors.T + self.item_bias
+        """-E(u, i) for every item: (B, n_items), from raw user vectors (B, dim)."""
+        return self.energy_users(user_vectors) @ self.energy_items().T + self.item_bias
 
     def exact_loss(self, user_vectors: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean over users of -sum_{i in targets_u} log p(i | u) with the exact partition function."""
@@ -153,8 +178,14 @@ class DotEBMModule(nn.Module):
         rows, cols = torch.nonzero(targets, as_tuple=True)
         negatives = torch.multinomial(log_proposal.exp(), n_negatives, replacement=True, generator=generator)
         log_mq = math.log(n_negatives) + log_proposal
-        pos = (user_vectors[rows] * self.item_vectors[cols]).sum(1) + self.item_bias[cols] - log_mq[cols]
-        neg = user_vectors @ self.item_vectors[negatives].T + self.item_bias[negatives] - log_mq[negatives]
+        users = self.energy_users(user_vectors)
+        if self.config.similarity == "cosine":  # normalise only the rows the batch touches
+            pos_items = nn.functional.normalize(self.item_vectors[cols], dim=1)
+            neg_items = nn.functional.normalize(self.item_vectors[negatives], dim=1)
+        else:
+            pos_items, neg_items = self.item_vectors[cols], self.item_vectors[negatives]
+        pos = (users[rows] * pos_items).sum(1) + self.item_bias[cols] - log_mq[cols]
+        neg = users @ neg_items.T + self.item_bias[negatives] - log_mq[negatives]
         logits = torch.cat([pos[:, None], neg[rows]], dim=1)
         per_pair = torch.logsumexp(logits, dim=1) - pos
         return (per_pair * targets[rows, cols]).sum() / user_vectors.shape[0]
@@ -263,10 +294,10 @@ class DotEBM(EmbeddingMixin, Recommender):
         """Copy parameters to numpy for fast scoring; history users are encoded once here."""
         module = self.module
         module.eval()
-        self.item_factors = module.item_vectors.detach().numpy().copy()
+        self.item_factors = module.energy_items().detach().numpy().copy()
         self.item_bias = module.item_bias.detach().numpy().copy()
         if self.config.user_model == "free":
-            self.user_factors = module.user_vectors.detach().numpy().copy()
+            self.user_factors = module.energy_users(module.user_vectors).detach().numpy().copy()
         else:
             self.user_factors = self._encode_numpy(user_items, batch_size)
 
@@ -275,7 +306,7 @@ class DotEBM(EmbeddingMixin, Recommender):
         out = np.empty((user_items.shape[0], self.config.dim), dtype=np.float32)
         for start in range(0, user_items.shape[0], batch_size):
             rows = np.arange(start, min(start + batch_size, user_items.shape[0]))
-            out[rows] = self.module.encode(_dense_rows(user_items, rows)).numpy()
+            out[rows] = self.module.energy_users(self.module.encode(_dense_rows(user_items, rows))).numpy()
         return out
 
     # ------------------------------------------------------------------ inference
@@ -303,21 +334,26 @@ class DotEBM(EmbeddingMixin, Recommender):
         Training minimises mean_batch(NLL_u) + l2 * sum_batch |p_u|^2, i.e. per user
         NLL_u + l2 * B * |p_u|^2 with B users per batch; fold-in uses the same per-user
         objective, so a folded-in history gets the vector training would have given it.
+        Cosine energies only see the direction of p_u: the NLL alone is optimised, starting
+        from the mean direction of the user's items (a zero vector has no direction).
         """
         cfg = self.config
-        user_l2 = cfg.l2 * min(cfg.batch_size, max(self.n_users, 1))
+        cosine = cfg.similarity == "cosine"
+        user_l2 = 0.0 if cosine else cfg.l2 * min(cfg.batch_size, max(self.n_users, 1))
         items = torch.from_numpy(self.item_factors)
         bias = torch.from_numpy(self.item_bias)
         targets = torch.from_numpy(user_items.toarray().astype(np.float32))
-        vectors = torch.zeros(targets.shape[0], cfg.dim, requires_grad=True)
+        start = targets @ items if cosine else torch.zeros(targets.shape[0], cfg.dim)
+        vectors = start.clone().requires_grad_(True)
         optimizer = torch.optim.Adam([vectors], lr=cfg.fold_in_lr)
+        module = self.module
         for _ in range(cfg.fold_in_epochs):
-            log_p = torch.log_softmax(vectors @ items.T + bias, dim=1)
+            log_p = torch.log_softmax(module.energy_users(vectors) @ items.T + bias, dim=1)
             loss = -(targets * log_p).sum() + user_l2 * (vectors**2).sum()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        return vectors.detach().numpy()
+        return module.energy_users(vectors).detach().numpy()
 
     def energy(self, user_ids, item_ids) -> np.ndarray:
         """E(u, i) for aligned pairs of trained users and items: float32 (n,)."""
