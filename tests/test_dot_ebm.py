@@ -145,7 +145,7 @@ def test_history_encoder_by_hand():
 def _cosine_by_hand(tau: float) -> list[list[float]]:
     """-E(u, i) = cos(p_u, q_i) / tau + b_i for the hand-made P, Q, B, in plain Python."""
     def cos(a, b):
-        return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+        return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
     return [[cos(P[u], Q[i]) / tau + B[i] for i in range(3)] for u in range(2)]
 
 
