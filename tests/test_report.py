@@ -330,3 +330,19 @@ def test_energy_pairs_are_held_out_positives_and_unseen_negatives():
     # brute-force AUC: P(E_pos < E_neg) + 1/2 P(tie) over all pairs of the two samples
     diff = positives[:, None] - negatives[None, :]
     assert out["auc"] == pytest.approx(((diff < 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
+
+
+def test_verdict_when_the_reference_wins_states_the_gap_and_its_interval():
+    from recsys_ebm.evaluation.report import _verdict
+
+    row = {"reference": "dpebm", "model": "als", "metric": "ndcg@10", "reference_value": 0.45,
+           "model_value": 0.44, "difference": 0.01, "relative": 0.01 / 0.44, "ci95": [0.002, 0.018],
+           "winner": "dpebm", "significant": True}
+    document = {"reference": "dpebm", "comparison": [row],
+                "models": {"dpebm": {"mean": {"ndcg@10": 0.45}}}}
+    (line,) = _verdict(document)
+    assert line == ("- **NDCG@10: `dpebm` is best** (0.4500); the strongest other model, `als` (0.4400), "
+                    "is 0.0100 lower (2.3% relative to it; paired per-user 95% CI of `dpebm` − `als` "
+                    "[0.0020, 0.0180], significant).")
+    row.update(ci95=[-0.001, 0.021], significant=False)
+    assert _verdict(document)[0].endswith("[-0.0010, 0.0210], not significant).")

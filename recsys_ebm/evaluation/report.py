@@ -858,9 +858,12 @@ def _verdict(document: dict) -> list[str]:
         value = document["models"][ref]["mean"][metric]
         if not winners:
             best = max(sub, key=lambda r: r["model_value"])
+            sig = "significant" if best["significant"] else "not significant"
             lines.append(f"- **{label}: `{ref}` is best** ({value:.4f}); the strongest other model, "
                          f"`{best['model']}` ({best['model_value']:.4f}), is "
-                         f"{best['difference']:.4f} lower ({100 * best['relative']:.1f}% relative to it).")
+                         f"{best['difference']:.4f} lower ({100 * best['relative']:.1f}% relative to it; "
+                         f"paired per-user 95% CI of `{ref}` − `{best['model']}` "
+                         f"[{best['ci95'][0]:.4f}, {best['ci95'][1]:.4f}], {sig}).")
         else:
             for r in sorted(winners, key=lambda r: r["difference"]):
                 sig = "significant" if r["significant"] else "not significant"
