@@ -54,6 +54,7 @@ from recsys_ebm.models.rating_baselines import (
     RATING_BASELINES,
     SURPRISE_BASELINES,
     make_rating_baseline,
+    require_surprise,
     surprise_available,
 )
 
@@ -647,8 +648,8 @@ def rating_report_models(config: ReportConfig) -> list[str]:
     that cannot be imported raises ``MissingDependencyError`` before anything runs."""
     if config.models:
         names = list(config.models)
-        if any(name in SURPRISE_BASELINES for name in names) and not surprise_available():
-            make_rating_baseline(next(n for n in names if n in SURPRISE_BASELINES))  # raises, naming the extra
+        if any(name in SURPRISE_BASELINES for name in names):
+            require_surprise()
     else:
         names = [m for m in RATING_MODELS if m in MODELS]
         if surprise_available():

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 from recsys_ebm.errors import MissingDependencyError
 
 __all__ = ["BiasBaseline", "SurpriseRating", "RATING_BASELINES", "SURPRISE_BASELINES",
-           "make_rating_baseline", "surprise_available"]
+           "make_rating_baseline", "require_surprise", "surprise_available"]
 
 #: registry name -> scikit-surprise class name
 SURPRISE_BASELINES = {
@@ -78,7 +78,8 @@ def surprise_available() -> bool:
     return importlib.util.find_spec("surprise") is not None
 
 
-def _import_surprise():
+def require_surprise():
+    """The ``surprise`` module, or ``MissingDependencyError`` naming the extra to install."""
     try:
         return importlib.import_module("surprise")
     except ImportError as exc:
@@ -107,7 +108,7 @@ class SurpriseRating:
     history = None
 
     def __init__(self, algorithm: str, **options: Any) -> None:
-        surprise = _import_surprise()
+        surprise = require_surprise()
         if algorithm not in SURPRISE_BASELINES.values():
             raise ValueError(f"unknown surprise algorithm {algorithm!r}; "
                              f"choose one of {', '.join(SURPRISE_BASELINES.values())}")
@@ -133,7 +134,7 @@ class SurpriseRating:
     def fit(self, user_items: sp.csr_matrix, *, callback=None, show_progress: bool = True):
         import pandas as pd
 
-        surprise = _import_surprise()
+        surprise = require_surprise()
         ratings = sp.coo_matrix(user_items)
         if ratings.nnz == 0:
             raise ValueError("surprise baselines need at least one rating; the matrix is empty")
