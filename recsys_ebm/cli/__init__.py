@@ -1,0 +1,49 @@
+"""``recsys-ebm``: train, evaluate, recommend, export, anomaly and report from the command line.
+
+One module per group of subcommands, each with its parser and its handler; ``common`` holds
+the argument groups they share. Only this package configures logging handlers and writes to
+stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from recsys_ebm.cli import anomaly, export, report, train
+from recsys_ebm.errors import DataError, DatasetNotFoundError, MissingDependencyError, ModelFitError
+
+logger = logging.getLogger("recsys_ebm.cli")
+
+COMMANDS = {"train": train.cmd_train, "evaluate": train.cmd_evaluate, "recommend": train.cmd_recommend,
+            "anomaly": anomaly.cmd_anomaly, "export": export.cmd_export, "report": report.cmd_report}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser = argparse.ArgumentParser(prog="recsys-ebm", description="Energy-based recommender models: "
+                                     "train, evaluate, export and recommend.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train.add_parsers(sub, common)
+    anomaly.add_parser(sub, common)
+    export.add_parser(sub, common)
+    report.add_parser(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except (DataError, DatasetNotFoundError, ModelFitError, MissingDependencyError, FileNotFoundError,
+            KeyError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""``recsys-ebm train``, ``evaluate`` and ``recommend``: fit on a protocol's split, score it, serve a saved model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from recsys_ebm import runner
+from recsys_ebm.cli.common import (
+    add_data_args,
+    add_model_args,
+    add_tracking_args,
+    dataset_from_args,
+    model_options_from_args,
+    set_threads,
+    tracker_from_args,
+    write_out,
+)
+from recsys_ebm.errors import DataError
+from recsys_ebm.evaluation.evaluate import format_table
+from recsys_ebm.io import atomic_write_bytes
+from recsys_ebm.models import load_model, model_class
+from recsys_ebm.models.rating_baselines import RATING_BASELINES, make_rating_baseline
+
+logger = logging.getLogger("recsys_ebm.cli")
+
+#: Rating-prediction protocols of PROTOCOLS.md (RMSE / MAE over folds).
+RATING_PROTOCOLS = ("official-folds", "kfold")
+
+
+def add_parsers(sub, common: argparse.ArgumentParser) -> None:
+    """The train, evaluate and recommend subcommands."""
+    train = sub.add_parser("train", parents=[common],
+                           help="fit a model on the protocol's train split, evaluate on test")
+    add_data_args(train)
+    add_model_args(train)
+    add_tracking_args(train)
+    train.add_argument("--protocol", default="random", choices=runner.RANKING_PROTOCOLS)
+    train.add_argument("--output-dir", default=None,
+                       help="where the model is saved (default: outputs/<dataset>/<model>)")
+
+    evaluate = sub.add_parser("evaluate", parents=[common], help="run an evaluation protocol and write metrics as JSON")
+    add_data_args(evaluate)
+    add_model_args(evaluate, RATING_BASELINES)
+    add_tracking_args(evaluate)
+    evaluate.add_argument("--protocol", default="random", choices=(*runner.RANKING_PROTOCOLS, *RATING_PROTOCOLS),
+                          help="top-N protocols, or rating prediction (explicit models such as crbm): "
+                               "official-folds = ML-100K u1..u5, kfold = seeded 5-fold row split")
+    evaluate.add_argument("--json", dest="json_path", default=None, help="write the metrics here")
+
+    recommend = sub.add_parser("recommend", parents=[common], help="top-k items for users of a saved model")
+    recommend.add_argument("--model-path", required=True, help="a directory written by train")
+    recommend.add_argument("--user", dest="users", action="append", required=True,
+                           help="raw user id (repeatable)")
+    recommend.add_argument("--k", type=int, default=10)
+    recommend.add_argument("--temperature", type=float, default=0.0,
+                           help="0 = exact ranking; > 0 samples from softmax(-E/T)")
+    recommend.add_argument("--seed", type=int, default=0, help="sampling seed when temperature > 0")
+
+
+
+def _train_and_evaluate(args, tracker) -> tuple[runner.Dataset, runner.PreparedData, Any, Any]:
+    set_threads(args.threads)
+    dataset = dataset_from_args(args)
+    options = model_options_from_args(args)
+    split = runner.make_split(dataset.ratings, args.protocol, seed=0)
+    data = runner.prepare(split, args.protocol)
+    tracker.log_params({"model": args.model, "protocol": args.protocol, "split_seed": 0,
+                        "validation_seed": runner.VALIDATION_SEED, "refit": not args.no_refit,
+                        "config": options})
+    tracker.log_dataset(dataset.name, dataset.checksum, source=dataset.source,
+                        n_train=len(data.train), n_test=len(data.test),
+                        n_users=data.train.n_users, n_items=data.train.n_items,
+                        n_test_dropped=split.n_dropped)
+    model = runner.fit_with_validation(args.model, options, data, refit=not args.no_refit,
+                                       callback=tracker.log_epoch, show_progress=not args.quiet)
+    result = runner.evaluate_model(model, data, show_progress=not args.quiet)
+    tracker.log_metrics({f"test_{k}": v for k, v in result.summary.items()})
+    tracker.log_metrics({"best_epoch": model.history.best_epoch})
+    return dataset, data, model, result
+
+
+def cmd_train(args) -> int:
+    output = Path(args.output_dir or Path("outputs") / args.dataset.replace("/", "_") / args.model)
+    with tracker_from_args(args, f"train-{args.model}") as tracker:
+        dataset, data, model, result = _train_and_evaluate(args, tracker)
+        model.save(output, meta={"user_ids": data.train.user_map.to_list(),
+                                 "item_ids": data.train.item_map.to_list(),
+                                 "dataset": dataset.name, "dataset_checksum": dataset.checksum})
+        tracker.log_artifacts(output, "model")
+        tracker.log_dict(result.summary, "test_metrics.json")
+        sample = runner.sample_recommendations(model, data, dataset.items)
+        tracker.log_table(sample, "top10_sample.csv")
+        run_id = tracker.run_id
+    write_out(f"\n{args.model} on {dataset.name} ({args.protocol} protocol), test metrics:\n")
+    write_out(format_table(result.summary, runner.KS) + "\n")
+    write_out(f"model saved to {output}" + (f"; MLflow run {run_id}" if run_id else "") + "\n")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    if args.protocol in RATING_PROTOCOLS:
+        return _evaluate_ratings(args)
+    if args.model in RATING_BASELINES:
+        raise ValueError(f"{args.model!r} predicts ratings only; evaluate it with "
+                         f"--protocol {' or '.join(RATING_PROTOCOLS)}")
+    with tracker_from_args(args, f"evaluate-{args.model}-{args.protocol}") as tracker:
+        dataset, _, _, result = _train_and_evaluate(args, tracker)
+        document = {"model": args.model, "dataset": dataset.name, "protocol": args.protocol,
+                    "metrics": result.summary}
+        tracker.log_dict(document, "evaluation.json")
+    if args.json_path:
+        atomic_write_bytes(args.json_path, json.dumps(document, indent=2).encode())
+        logger.info("metrics written to %s", args.json_path)
+    write_out(format_table(result.summary, runner.KS) + "\n")
+    return 0
+
+
+def _evaluate_ratings(args) -> int:
+    """RMSE / MAE over rating-prediction folds (PROTOCOLS.md), for explicit-feedback models."""
+    from recsys_ebm.evaluation.rating_folds import evaluate_rating_folds
+
+    if args.model in RATING_BASELINES:
+        options = dict(args.overrides)
+        if args.seed is not None:
+            options["seed"] = args.seed
+        options = dict(make_rating_baseline(args.model, options).options)  # validates them now
+
+        def factory():
+            return make_rating_baseline(args.model, options)
+    else:
+        if not model_class(args.model).fits_ratings:
+            raise ValueError(f"--protocol {args.protocol} needs a rating model (e.g. crbm); "
+                             f"{args.model!r} ranks implicit feedback")
+        options = model_options_from_args(args)
+
+        def factory():
+            return runner.build_model(args.model, options)
+    if args.dataset != "movielens":
+        raise ValueError("rating-prediction protocols run on MovieLens variants (--dataset movielens)")
+    set_threads(args.threads)
+    with tracker_from_args(args, f"evaluate-{args.model}-{args.protocol}") as tracker:
+        tracker.log_params({"model": args.model, "protocol": args.protocol, "config": options})
+
+        def log_fold(fold: str, epoch: int, metrics: dict) -> None:
+            tracker.log_metrics({f"{fold}_{k}": v for k, v in metrics.items()}, step=epoch)
+
+        result = evaluate_rating_folds(
+            factory, args.variant, args.data_dir,
+            protocol=args.protocol, callback=log_fold, show_progress=not args.quiet,
+            download=not args.no_download)
+        summary = {key: result[key] for key in ("rmse", "rmse_std", "mae", "mae_std")}
+        tracker.log_metrics(summary)
+        document = {"model": args.model, "dataset": result["dataset"], "protocol": args.protocol,
+                    **summary, "metrics": summary, "folds": result["folds"]}
+        tracker.log_dict(document, "evaluation.json")
+    if args.json_path:
+        atomic_write_bytes(args.json_path, json.dumps(document, indent=2).encode())
+        logger.info("metrics written to %s", args.json_path)
+    lines = [f"{f['fold']}: RMSE {f['rmse']:.4f}  MAE {f['mae']:.4f}" for f in result["folds"]]
+    lines.append(f"mean: RMSE {summary['rmse']:.4f} ± {summary['rmse_std']:.4f}  "
+                 f"MAE {summary['mae']:.4f} ± {summary['mae_std']:.4f}")
+    write_out("\n".join(lines) + "\n")
+    return 0
+
+
+def cmd_recommend(args) -> int:
+    import numpy as np
+
+    from recsys_ebm.data.ids import IdMap
+
+    model = load_model(args.model_path)
+    meta = getattr(model, "meta", {})
+    if "user_ids" not in meta:
+        raise DataError(f"{args.model_path}: the saved model has no id maps (was it saved by train?)")
+    user_map, item_map = IdMap.from_list(meta["user_ids"]), IdMap.from_list(meta["item_ids"])
+    raw = np.asarray(args.users).astype(user_map.raw_ids.dtype)
+    users = user_map.to_index(raw)
+    ids, scores = model.recommend(users, k=args.k, temperature=args.temperature, rng=args.seed)
+    for raw_user, row, row_scores in zip(raw, ids, scores, strict=True):
+        items = item_map.to_raw(row[row >= 0])
+        write_out(f"user {raw_user}: " + ", ".join(f"{i} ({s:.3f})" for i, s in zip(items, row_scores[row >= 0], strict=True)) + "\n")
+    return 0
+
