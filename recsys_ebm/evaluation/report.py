@@ -97,6 +97,15 @@ PROTOCOL_TEXT = {
 }
 
 
+#: how ``runner.prepare`` carves the validation split from train, per protocol
+VALIDATION_TEXT = {
+    "random": "per-user random 20%, seed {seed}",
+    "strong": "per-user random 20% of the training users' interactions, seed {seed}",
+    "temporal": "each user's latest 20% of train",
+    "loo": "each user's latest train interaction",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class ReportConfig:
     """What to compare, where to write it, and how to log it.
@@ -903,7 +912,9 @@ def render_markdown(document: dict, plots: dict[str, str]) -> str:
             f"- Tuning: each model's grid (`{cfg.get('grids_file') or 'none: tuned defaults'}`, other "
             "options from `pipelines/<model>.toml`) is fitted on the validation-fit part of train "
             f"({ds['n_validation_fit']} interactions) and scored by NDCG@10 on the validation split carved "
-            f"from train ({ds['n_validation']} interactions, seed {protocol['validation_seed']}); never on test. "
+            f"from train ({ds['n_validation']} interactions; "
+            + VALIDATION_TEXT.get(protocol.get("name"), "per-user random 20%, seed {seed}").format(
+                seed=protocol["validation_seed"]) + "); never on test. "
             "Epoch-trained models early-stop on it and are refit for the best epoch count.",
             f"- The chosen configuration is refit on all of train with model seeds "
             f"{', '.join(map(str, cfg['seeds']))} (data split fixed) and tested; mean ± {protocol['std']}. "
