@@ -92,6 +92,58 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling directory; on success it replaces ``path`` whole.
+
+    Everything written inside lands together or not at all: an error or interruption removes
+    the temporary directory and leaves an existing ``path`` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+#: the training interactions saved beside a model by ``recsys-ebm train`` (binary CSR, .npz)
+SEEN_FILE = "seen_items.npz"
+
+
+def save_seen_items(path: str | Path, user_items) -> Path:
+    """Write the users x items pattern a model was trained on into model directory ``path``.
+
+    ``recsys-ebm recommend`` reads it to leave out what each user already has. A plain
+    ``scipy.sparse.save_npz`` file: integer and float arrays only, loaded without pickle.
+    """
+    import scipy.sparse as sp
+
+    pattern = sp.csr_matrix(user_items, dtype=np.float32, copy=True)
+    pattern.eliminate_zeros()
+    pattern.data[:] = 1.0
+    target = Path(path) / SEEN_FILE
+    with atomic_path(target, suffix=".npz") as tmp:
+        sp.save_npz(tmp, pattern)
+    return target
+
+
+def load_seen_items(path: str | Path):
+    """The CSR written by :func:`save_seen_items`, or None when the directory has none."""
+    import scipy.sparse as sp
+
+    target = Path(path) / SEEN_FILE
+    if not target.is_file():
+        return None
+    try:
+        return sp.load_npz(target).tocsr()  # np.load(allow_pickle=False) inside
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{target}: not a seen-items file written by recsys-ebm train ({exc})") from exc
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; on success it is renamed onto ``path``.
 

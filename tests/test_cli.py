@@ -78,6 +78,59 @@ def test_recommend_command_uses_raw_ids(trained, capsys):
     assert all(line.count("(") == 5 for line in lines)
 
 
+def _recommended(out: str, label: str) -> list[int]:
+    line = next(line for line in out.splitlines() if line.startswith(label + ":"))
+    return [int(part.split(" (")[0]) for part in line.split(": ", 1)[1].split(", ")]
+
+
+def test_recommend_leaves_out_the_users_training_items(trained, capsys, movielens_dir):
+    from recsys_ebm import runner
+    from recsys_ebm.io import load_seen_items
+
+    dataset = runner.load_dataset("movielens", "100k", str(movielens_dir), download=False)
+    split = runner.make_split(dataset.ratings, "random", seed=0)
+    train_items = set(split.train.loc[split.train["user_id"] == 1, "item_id"])
+    model = load_model(trained["out"])
+    seen = load_seen_items(trained["out"])
+    assert seen.shape == (model.n_users, model.n_items) and seen.nnz == len(split.train)
+    assert main(["recommend", "--model-path", str(trained["out"]), "--user", "1", "--k", "50"]) == 0
+    filtered = _recommended(capsys.readouterr().out, "user 1")
+    assert len(filtered) == 50 and not set(filtered) & train_items
+    assert main(["recommend", "--model-path", str(trained["out"]), "--user", "1", "--k", "50",
+                 "--include-seen"]) == 0
+    unfiltered = _recommended(capsys.readouterr().out, "user 1")
+    assert set(unfiltered) & train_items  # a trained user's own items rank high when not left out
+
+
+def test_recommend_for_a_new_users_history(trained, capsys):
+    history = [50, 172, 181, 174]  # Star Wars, Empire Strikes Back, Return of the Jedi, Raiders
+    code = main(["recommend", "--model-path", str(trained["out"]), "--history",
+                 ",".join(map(str, history)), "--k", "10"])
+    assert code == 0
+    items = _recommended(capsys.readouterr().out, "new user")
+    assert len(items) == 10 and not set(items) & set(history)
+
+
+@pytest.mark.parametrize(("history", "message"), [("50,999999", "999999"), ("50:x", "must be a number"),
+                                                   (",", "empty")])
+def test_recommend_bad_history_is_a_clear_error(trained, caplog, history, message):
+    code = main(["recommend", "--model-path", str(trained["out"]), "--history", history])
+    assert code == 2 and message in caplog.text
+
+
+def test_recommend_without_seen_file_warns_and_still_serves(trained, tmp_path, capsys, caplog):
+    import shutil
+
+    from recsys_ebm.io import SEEN_FILE
+
+    old = tmp_path / "old-model"
+    shutil.copytree(trained["out"], old)
+    (old / SEEN_FILE).unlink()
+    assert main(["recommend", "--model-path", str(old), "--user", "1", "--k", "5"]) == 0
+    assert len(_recommended(capsys.readouterr().out, "user 1")) == 5
+    assert "are not left out" in caplog.text
+
+
 def test_recommend_unknown_user_is_a_clear_error(trained, caplog):
     code = main(["recommend", "--model-path", str(trained["out"]), "--user", "999999"])
     assert code == 2

@@ -21,7 +21,13 @@ from recsys_ebm.cli.common import (
 )
 from recsys_ebm.errors import DataError
 from recsys_ebm.evaluation.evaluate import format_table
-from recsys_ebm.io import atomic_write_bytes
+from recsys_ebm.io import (
+    SEEN_FILE,
+    atomic_dir,
+    atomic_write_bytes,
+    load_seen_items,
+    save_seen_items,
+)
 from recsys_ebm.models import load_model, model_class
 from recsys_ebm.models.rating_baselines import RATING_BASELINES, make_rating_baseline
 
@@ -51,10 +57,16 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
                                "official-folds = ML-100K u1..u5, kfold = seeded 5-fold row split")
     evaluate.add_argument("--json", dest="json_path", default=None, help="write the metrics here")
 
-    recommend = sub.add_parser("recommend", parents=[common], help="top-k items for users of a saved model")
+    recommend = sub.add_parser("recommend", parents=[common],
+                               help="top-k unseen items for users of a saved model, or for a new "
+                                    "user's history (folded in, no retraining)")
     recommend.add_argument("--model-path", required=True, help="a directory written by train")
-    recommend.add_argument("--user", dest="users", action="append", required=True,
-                           help="raw user id (repeatable)")
+    recommend.add_argument("--user", dest="users", action="append", default=[],
+                           help="raw user id of a trained user (repeatable)")
+    recommend.add_argument("--history", default=None, metavar="ITEM[:RATING],...",
+                           help="a new user's raw item ids (ratings for rating models such as crbm)")
+    recommend.add_argument("--include-seen", action="store_true",
+                           help="do not leave out the items the user already has")
     recommend.add_argument("--k", type=int, default=10)
     recommend.add_argument("--temperature", type=float, default=0.0,
                            help="0 = exact ranking; > 0 samples from softmax(-E/T)")
@@ -87,9 +99,11 @@ def cmd_train(args) -> int:
     output = Path(args.output_dir or Path("outputs") / args.dataset.replace("/", "_") / args.model)
     with tracker_from_args(args, f"train-{args.model}") as tracker:
         dataset, data, model, result = _train_and_evaluate(args, tracker)
-        model.save(output, meta={"user_ids": data.train.user_map.to_list(),
-                                 "item_ids": data.train.item_map.to_list(),
-                                 "dataset": dataset.name, "dataset_checksum": dataset.checksum})
+        with atomic_dir(output) as staging:  # the model and its seen items land together
+            model.save(staging, meta={"user_ids": data.train.user_map.to_list(),
+                                      "item_ids": data.train.item_map.to_list(),
+                                      "dataset": dataset.name, "dataset_checksum": dataset.checksum})
+            save_seen_items(staging, data.train.user_items)
         tracker.log_artifacts(output, "model")
         tracker.log_dict(result.summary, "test_metrics.json")
         sample = runner.sample_recommendations(model, data, dataset.items)
@@ -176,12 +190,63 @@ def cmd_recommend(args) -> int:
     meta = getattr(model, "meta", {})
     if "user_ids" not in meta:
         raise DataError(f"{args.model_path}: the saved model has no id maps (was it saved by train?)")
+    if not args.users and not args.history:
+        raise ValueError("recommend needs --user RAW_ID (repeatable) or --history ITEM[,ITEM...]")
     user_map, item_map = IdMap.from_list(meta["user_ids"]), IdMap.from_list(meta["item_ids"])
-    raw = np.asarray(args.users).astype(user_map.raw_ids.dtype)
-    users = user_map.to_index(raw)
-    ids, scores = model.recommend(users, k=args.k, temperature=args.temperature, rng=args.seed)
-    for raw_user, row, row_scores in zip(raw, ids, scores, strict=True):
-        items = item_map.to_raw(row[row >= 0])
-        write_out(f"user {raw_user}: " + ", ".join(f"{i} ({s:.3f})" for i, s in zip(items, row_scores[row >= 0], strict=True)) + "\n")
+    options = {"k": args.k, "temperature": args.temperature, "rng": args.seed,
+               "filter_seen": not args.include_seen}
+    lines = []
+    if args.users:
+        raw = np.asarray(args.users).astype(user_map.raw_ids.dtype)
+        users = user_map.to_index(raw)
+        seen = load_seen_items(args.model_path)
+        if seen is None and not args.include_seen:
+            logger.warning("%s has no %s (saved before it existed): items the users already have "
+                           "are not left out", args.model_path, SEEN_FILE)
+        ids, scores = model.recommend(users, seen, **options)
+        lines += [_format_row(f"user {raw_user}", item_map, row, row_scores)
+                  for raw_user, row, row_scores in zip(raw, ids, scores, strict=True)]
+    if args.history:
+        history = _history_row(args.history, item_map, model.n_items, needs_ratings=model.fits_ratings)
+        ids, scores = model.recommend(np.array([0]), history, fold_in=True, **options)
+        lines.append(_format_row("new user", item_map, ids[0], scores[0]))
+    write_out("\n".join(lines) + "\n")
     return 0
 
+
+def _format_row(label: str, item_map, row, row_scores) -> str:
+    items = item_map.to_raw(row[row >= 0])
+    return f"{label}: " + ", ".join(f"{i} ({s:.3f})" for i, s in zip(items, row_scores[row >= 0], strict=True))
+
+
+def _history_row(text: str, item_map, n_items: int, *, needs_ratings: bool):
+    """``"50,172:4.5,181"`` -> a 1 x n_items CSR over the model's items (value 1 or the rating)."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    raw_items, values = [], []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        item, colon, rating = entry.partition(":")
+        try:
+            value = float(rating) if colon else 1.0
+        except ValueError:
+            raise ValueError(f"--history entry {entry!r}: the rating after ':' must be a number") from None
+        if needs_ratings and not colon:
+            raise ValueError(f"--history entry {entry!r}: this model predicts ratings, give ITEM:RATING")
+        raw_items.append(item.strip())
+        values.append(value)
+    if not raw_items:
+        raise ValueError("--history is empty; give comma-separated raw item ids")
+    dtype = item_map.raw_ids.dtype
+    try:
+        raw = np.asarray(raw_items).astype(dtype)
+    except ValueError:
+        raise ValueError(f"--history: item ids must be of the model's id type ({dtype}), got {raw_items}") from None
+    try:
+        items = item_map.to_index(raw)
+    except KeyError as exc:
+        raise KeyError(f"--history: {exc.args[0]}: not an item of this model") from None
+    return sp.csr_matrix((np.asarray(values, np.float32), (np.zeros(len(items), np.int64), items)),
+                         shape=(1, n_items))
