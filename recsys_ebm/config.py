@@ -31,6 +31,17 @@ class Config:
         return cls(**coerced)
 
     @classmethod
+    def from_saved(cls: type[C], values: dict[str, Any]) -> C:
+        """A config read back from a saved model: options the model was saved without take the
+        value that was in force then (``legacy_defaults``), not today's default."""
+        return cls.from_dict({**cls.legacy_defaults(), **values})
+
+    @classmethod
+    def legacy_defaults(cls) -> dict[str, Any]:
+        """Options added after models were already being saved, with their value before."""
+        return {}
+
+    @classmethod
     def from_toml(cls: type[C], path: str | Path, table: str | None = None) -> C:
         """Read ``[table]`` (or the whole file) of a TOML file."""
         with open(path, "rb") as handle:

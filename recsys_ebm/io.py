@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -139,8 +140,8 @@ def load_seen_items(path: str | Path):
         return None
     try:
         return sp.load_npz(target).tocsr()  # np.load(allow_pickle=False) inside
-    except (ValueError, OSError) as exc:
-        raise ValueError(f"{target}: not a seen-items file written by recsys-ebm train ({exc})") from exc
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{target}: not a seen-items file written by recsys-ebm train ({exc!r})") from exc
 
 
 @contextlib.contextmanager

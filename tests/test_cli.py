@@ -112,7 +112,7 @@ def test_recommend_for_a_new_users_history(trained, capsys):
 
 
 @pytest.mark.parametrize(("history", "message"), [("50,999999", "999999"), ("50:x", "must be a number"),
-                                                   (",", "empty")])
+                                                   (",", "empty"), ("50,172,50", "50 more than once")])
 def test_recommend_bad_history_is_a_clear_error(trained, caplog, history, message):
     code = main(["recommend", "--model-path", str(trained["out"]), "--history", history])
     assert code == 2 and message in caplog.text

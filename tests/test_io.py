@@ -44,3 +44,11 @@ def test_a_corrupt_seen_file_names_itself(tmp_path):
     (tmp_path / SEEN_FILE).write_bytes(b"not an npz")
     with pytest.raises(ValueError, match=SEEN_FILE):
         load_seen_items(tmp_path)
+
+
+def test_a_truncated_seen_file_names_itself(tmp_path):
+    save_seen_items(tmp_path, sp.csr_matrix(np.eye(3, dtype=np.float32)))
+    path = tmp_path / SEEN_FILE
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ValueError, match=SEEN_FILE):
+        load_seen_items(tmp_path)

@@ -95,6 +95,7 @@ def test_bad_options_and_names_are_named():
         SurpriseRating("SVD").fit(sp.csr_matrix((3, 3)))
     # the deterministic algorithms take a seed without complaint (there is nothing to seed)
     assert "random_state" not in make_rating_baseline("surprise-knnbaseline", {"seed": 4}).options
+    assert make_rating_baseline("bias", {"seed": 4}).options == {"reg_items": 10.0, "reg_users": 15.0}
 
 
 def test_missing_surprise_names_the_extra(monkeypatch):
@@ -133,3 +134,11 @@ def test_rating_scale_comes_from_the_data():
     dense = np.array([[0.5, 0.5, 0.0], [0.5, 0.0, 0.5], [0.0, 0.5, 0.5], [1.0, 1.0, 1.0]])
     pred = SurpriseRating("BaselineOnly").fit(sp.csr_matrix(dense)).predict(np.array([0]), np.array([2]))
     assert 0.5 <= pred[0] < 0.9
+
+
+def test_cli_rejects_config_files_for_rating_baselines(tmp_path, movielens_dir, caplog):
+    config = tmp_path / "svd.toml"
+    config.write_text("[model]\nn_factors = 10\n")
+    code = main(["evaluate", "--model", "surprise-svd", "--protocol", "official-folds", "--data-dir",
+                 str(movielens_dir), "--no-mlflow", "--config", str(config)])
+    assert code == 2 and "--set KEY=VALUE" in caplog.text

@@ -138,6 +138,9 @@ def _evaluate_ratings(args) -> int:
     from recsys_ebm.evaluation.rating_folds import evaluate_rating_folds
 
     if args.model in RATING_BASELINES:
+        if args.config is not None:
+            raise ValueError(f"--config is for the toolkit's models; give {args.model} its options "
+                             "with --set KEY=VALUE")
         options = dict(args.overrides)
         if args.seed is not None:
             options["seed"] = args.seed
@@ -248,5 +251,9 @@ def _history_row(text: str, item_map, n_items: int, *, needs_ratings: bool):
         items = item_map.to_index(raw)
     except KeyError as exc:
         raise KeyError(f"--history: {exc.args[0]}: not an item of this model") from None
+    unique, counts = np.unique(items, return_counts=True)
+    if np.any(counts > 1):
+        repeated = item_map.to_raw(unique[counts > 1])
+        raise ValueError(f"--history names item(s) {', '.join(map(str, repeated))} more than once")
     return sp.csr_matrix((np.asarray(values, np.float32), (np.zeros(len(items), np.int64), items)),
                          shape=(1, n_items))

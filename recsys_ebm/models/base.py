@@ -84,7 +84,7 @@ class Recommender(ABC):
         name, config, tensors, meta = load_model_dir(path)
         if name != model_name:
             raise ValueError(f"{path} holds a {name!r} model, not {model_name!r}")
-        model = cls(cls.config_class.from_dict(config))
+        model = cls(cls.config_class.from_saved(config))
         model.n_users, model.n_items = int(meta["n_users"]), int(meta["n_items"])
         return model, tensors, meta
 

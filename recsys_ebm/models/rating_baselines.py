@@ -161,6 +161,7 @@ def make_rating_baseline(name: str, options: dict[str, Any] | None = None):
     """The rating baseline registered under ``name`` (see ``RATING_BASELINES``), unfitted."""
     options = dict(options or {})
     if name == "bias":
+        options.pop("seed", None)  # deterministic: nothing to seed (as for surprise's own)
         unknown = sorted(set(options) - {"reg_items", "reg_users"})
         if unknown:
             raise ValueError(f"unknown option(s) {', '.join(unknown)} for bias; accepted: reg_items, reg_users")
