@@ -5,7 +5,7 @@ data). Each method runs in its own subprocess (wall time of the call, peak RSS o
 
 * ``implicit``: ``AlternatingLeastSquares.recommend(all users, user_items, N=k,
   filter_already_liked_items=True)``, BLAS at one thread as `implicit` asks;
-* ``exact``: :func:`recsys_ebm.retrieval.exact_top_k` (the ranking kernel export uses);
+* ``exact``: :func:`recsys_ebm.ranking.faiss_index.exact_top_k` (the ranking kernel export uses);
 * ``export``: :func:`recsys_ebm.export.export_recommendations` end to end, with energies,
   T = 1 probabilities and the Parquet file.
 
@@ -61,7 +61,7 @@ def worker(args: argparse.Namespace) -> None:
                                      filter_already_liked_items=True)
             seconds = time.perf_counter() - started
     elif args.worker == "exact":
-        from recsys_ebm.retrieval import exact_top_k
+        from recsys_ebm.ranking.faiss_index import exact_top_k
 
         started = time.perf_counter()
         ids, _ = exact_top_k(user_factors, item_factors, np.zeros(item_factors.shape[0], np.float32),

@@ -4,7 +4,7 @@ Items are clustered vectors with Zipf-popularity biases (:func:`benchmarks.synth
 ``--noise`` spreads the clusters, ``--clusters 1 --noise 100`` is nearly isotropic Gaussian);
 queries are users' vectors. Every kind is queried through :meth:`EnergyIndex.search` (the
 toolkit path: augmented vectors, exact rescoring of the returned items), all queries in one
-batch on every CPU. Ground truth is the exact top-k (:func:`recsys_ebm.retrieval.exact_top_k`);
+batch on every CPU. Ground truth is the exact top-k (:func:`recsys_ebm.ranking.faiss_index.exact_top_k`);
 recall@k = |approximate ∩ exact| / k. The bar: some approximate setting with recall@100 >= 0.95
 at >= 5x the flat index's queries/s.
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from benchmarks.common import environment, peak_rss_mb, table, write_result
 from benchmarks.synthetic import catalog
-from recsys_ebm.retrieval import EnergyIndex, exact_top_k
+from recsys_ebm.ranking.faiss_index import EnergyIndex, exact_top_k
 
 BAR_RECALL, BAR_SPEEDUP = 0.95, 5.0
 

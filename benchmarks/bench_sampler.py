@@ -3,8 +3,8 @@
 Same synthetic data and ALS factors as the export benchmark. Both methods run in their own
 subprocess, seen items excluded:
 
-* ``exact``: :func:`recsys_ebm.retrieval.exact_top_k` with k = 10;
-* ``sampled``: :func:`recsys_ebm.retrieval.sampled_top_k`, 10 distinct items per user drawn
+* ``exact``: :func:`recsys_ebm.ranking.faiss_index.exact_top_k` with k = 10;
+* ``sampled``: :func:`recsys_ebm.ranking.faiss_index.sampled_top_k`, 10 distinct items per user drawn
   from p(i | u, T) ∝ exp(-E(u, i) / T) (exact sampling without replacement).
 
     python -m benchmarks.bench_sampler [--scale 1.0] [--temperature 0.5] [--repeat 1]
@@ -34,7 +34,7 @@ METHODS = ("exact", "sampled")
 
 
 def worker(args: argparse.Namespace) -> None:
-    from recsys_ebm.retrieval import exact_top_k, sampled_top_k
+    from recsys_ebm.ranking.faiss_index import exact_top_k, sampled_top_k
 
     config = data_config(args)
     user_items = load_data(config)

@@ -18,9 +18,9 @@ interrupted export leaves any previous output untouched, and ``resume=True`` con
 finished chunks (provided the model, data and settings are unchanged, which a manifest checks).
 
 Models exposing ``user_vectors`` / ``item_vectors`` / ``item_biases`` are scored by the exact
-factored path of :mod:`recsys_ebm.retrieval` (one BLAS product per block of users, in worker
+factored path of :mod:`recsys_ebm.ranking.faiss_index` (one BLAS product per block of users, in worker
 threads); any other ``Recommender`` through its ``score``. Sampling (T > 0) uses
-:func:`recsys_ebm.sampling.sample_top_k`, whose draws depend only on (seed, user position), so
+:func:`recsys_ebm.ranking.sampling.sample_top_k`, whose draws depend only on (seed, user position), so
 results are reproducible for a seed regardless of chunking, threads or resumption.
 """
 
@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from recsys_ebm.config import Config, check
 from recsys_ebm.io import atomic_path, atomic_write_bytes
-from recsys_ebm.retrieval import (
+from recsys_ebm.ranking.faiss_index import (
     FactorScorer,
     _canonical_exclude,
     augment_users,
@@ -60,7 +60,7 @@ from recsys_ebm.retrieval import (
     run_blocks,
     select_top_k,
 )
-from recsys_ebm.sampling import LOG2E, sample_top_k
+from recsys_ebm.ranking.sampling import LOG2E, sample_top_k
 
 logger = logging.getLogger(__name__)
 
@@ -498,9 +498,9 @@ def export_job(dataset: Any, output: str | Path, *, model_name: str = "dpebm",
 
     Parameters
     ----------
-    dataset : a :class:`recsys_ebm.runner.Dataset` (``runner.load_dataset``).
+    dataset : a :class:`recsys_ebm.experiments.runner.Dataset` (``runner.load_dataset``).
     """
-    from recsys_ebm import runner
+    from recsys_ebm.experiments import runner
     from recsys_ebm.data.ids import IdMap
     from recsys_ebm.data.interactions import Interactions
     from recsys_ebm.errors import DataError

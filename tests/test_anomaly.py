@@ -14,8 +14,8 @@ import torch
 from scipy.special import logsumexp, ndtr, ndtri
 from test_attacks import synthetic_ratings
 
-from recsys_ebm import anomaly
-from recsys_ebm.anomaly import (
+from recsys_ebm.anomaly import protocol as anomaly
+from recsys_ebm.anomaly.protocol import (
     AnomalyConfig,
     CleanSetting,
     CRBMDetector,
@@ -34,7 +34,7 @@ from recsys_ebm.anomaly import (
     split_users,
     user_zscores,
 )
-from recsys_ebm.attacks import AttackConfig, inject
+from recsys_ebm.anomaly.attacks import AttackConfig, inject
 from recsys_ebm.models.crbm import CRBMConfig
 from recsys_ebm.models.dot_ebm import DotEBMConfig
 

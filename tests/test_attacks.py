@@ -12,7 +12,7 @@ import pytest
 from scipy.special import ndtr
 from scipy.stats import chisquare
 
-from recsys_ebm.attacks import (
+from recsys_ebm.anomaly.attacks import (
     Attack,
     AttackConfig,
     ItemStats,

@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 from model_contract import ModelContract, checkerboard
 
-from recsys_ebm import runner
+from recsys_ebm.experiments import runner
 from recsys_ebm.models import MODELS, load_model
 from recsys_ebm.models.baselines import (
     ALS,

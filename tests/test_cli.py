@@ -84,7 +84,7 @@ def _recommended(out: str, label: str) -> list[int]:
 
 
 def test_recommend_leaves_out_the_users_training_items(trained, capsys, movielens_dir):
-    from recsys_ebm import runner
+    from recsys_ebm.experiments import runner
     from recsys_ebm.io import load_seen_items
 
     dataset = runner.load_dataset("movielens", "100k", str(movielens_dir), download=False)

@@ -18,7 +18,7 @@ from model_contract import checkerboard
 
 from recsys_ebm.errors import ModelFitError
 from recsys_ebm.models.dot_ebm import DotEBM, DotEBMConfig, DotEBMModule
-from recsys_ebm.training import ranking_validator
+from recsys_ebm.models.training import ranking_validator
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -165,7 +165,7 @@ def test_export_config_validation(fitted, tmp_path):
 
 
 def test_cli_export_of_a_saved_model_logs_to_mlflow(movielens_dir, tmp_path, monkeypatch):
-    from recsys_ebm import runner
+    from recsys_ebm.experiments import runner
     from recsys_ebm.cli import main
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

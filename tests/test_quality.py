@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from recsys_ebm import runner
-from recsys_ebm.evaluation.report import tuned_defaults
+from recsys_ebm.experiments import runner
+from recsys_ebm.experiments.report import tuned_defaults
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from recsys_ebm.data.interactions import Interactions
 from recsys_ebm.data.movielens import load_movielens, load_official_fold
-from recsys_ebm.evaluation.rating_folds import (
+from recsys_ebm.experiments.rating_folds import (
     evaluate_rating_folds,
     fallback_ratings,
     predict_test_ratings,

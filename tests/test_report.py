@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from recsys_ebm import runner
+from recsys_ebm.experiments import runner
 from recsys_ebm.cli import main
 from recsys_ebm.evaluation.beyond import beyond_accuracy, item_popularity
 from recsys_ebm.evaluation.evaluate import evaluate_ranking
-from recsys_ebm.evaluation.report import (
+from recsys_ebm.experiments.report import (
     ReportConfig,
     _clean,
     candidate_options,
@@ -256,7 +256,7 @@ def test_mlflow_has_one_parent_with_a_child_per_model(report):
 
 
 def test_rating_report_on_official_fold_u1(tmp_path, movielens_dir):
-    from recsys_ebm.evaluation.report import run_report
+    from recsys_ebm.experiments.report import run_report
 
     config = ReportConfig(data_dir=str(movielens_dir), download=False, protocol="ratings",
                           rating_folds=(1,), output_dir=str(tmp_path), mlflow=False)
@@ -286,7 +286,7 @@ def test_rating_report_on_official_fold_u1(tmp_path, movielens_dir):
 
 def test_rating_report_without_surprise(monkeypatch, caplog):
     from recsys_ebm.errors import MissingDependencyError
-    from recsys_ebm.evaluation import report
+    from recsys_ebm.experiments import report
 
     monkeypatch.setattr(report, "surprise_available", lambda: False)
     monkeypatch.setitem(__import__("sys").modules, "surprise", None)
@@ -301,7 +301,7 @@ def test_rating_report_without_surprise(monkeypatch, caplog):
 def test_energy_pairs_are_held_out_positives_and_unseen_negatives():
     import pandas as pd
 
-    from recsys_ebm.evaluation.report import _context, energy_distributions, energy_pairs
+    from recsys_ebm.experiments.report import _context, energy_distributions, energy_pairs
 
     rng = np.random.default_rng(0)
     pairs = {(u, i) for u in range(30) for i in rng.choice(20, size=8, replace=False)}
@@ -333,7 +333,7 @@ def test_energy_pairs_are_held_out_positives_and_unseen_negatives():
 
 
 def test_verdict_when_the_reference_wins_states_the_gap_and_its_interval():
-    from recsys_ebm.evaluation.report import _verdict
+    from recsys_ebm.experiments.report import _verdict
 
     row = {"reference": "dpebm", "model": "als", "metric": "ndcg@10", "reference_value": 0.45,
            "model_value": 0.44, "difference": 0.01, "relative": 0.01 / 0.44, "ci95": [0.002, 0.018],

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from benchmarks.synthetic import SyntheticConfig, catalog, generate
 from recsys_ebm.models.dot_ebm import DotEBM
-from recsys_ebm.retrieval import (
+from recsys_ebm.ranking.faiss_index import (
     EnergyIndex,
     IndexConfig,
     exact_top_k,
@@ -22,7 +22,7 @@ from recsys_ebm.retrieval import (
     sampled_top_k,
     select_top_k,
 )
-from recsys_ebm.topk import top_k
+from recsys_ebm.ranking.topk import top_k
 
 
 class Vectors:
@@ -244,7 +244,7 @@ def test_exploratory_mode_samples_from_the_candidates(clustered):
 
 
 def test_sampled_top_k_draws_like_the_score_matrix_sampler(small_model):
-    from recsys_ebm.sampling import sample_top_k
+    from recsys_ebm.ranking.sampling import sample_top_k
 
     model, user_items = small_model
     users = model.user_vectors(np.arange(model.n_users))

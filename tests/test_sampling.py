@@ -15,7 +15,7 @@ import pytest
 import scipy.sparse as sp
 from scipy.stats import chisquare
 
-from recsys_ebm.sampling import (
+from recsys_ebm.ranking.sampling import (
     RNG_BLOCK,
     calibrate_temperature,
     expected_coverage,
@@ -24,7 +24,7 @@ from recsys_ebm.sampling import (
     sample_top_k,
     softmax_probabilities,
 )
-from recsys_ebm.topk import top_k
+from recsys_ebm.ranking.topk import top_k
 
 SCORES = np.array([0.5, -1.0, 1.2, 0.0, 2.0, -0.3, 0.9], np.float32)
 

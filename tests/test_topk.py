@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from recsys_ebm.sampling import gumbel_top_k, softmax_probabilities
-from recsys_ebm.topk import top_k
+from recsys_ebm.ranking.sampling import gumbel_top_k, softmax_probabilities
+from recsys_ebm.ranking.topk import top_k
 
 
 def _brute_force(scores: np.ndarray, k: int, banned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

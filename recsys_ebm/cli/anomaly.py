@@ -22,8 +22,8 @@ logger = logging.getLogger("recsys_ebm.cli")
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
-    from recsys_ebm.anomaly import DETECTOR_SPECS
-    from recsys_ebm.attacks import ATTACK_KINDS, INTENTS
+    from recsys_ebm.anomaly.protocol import DETECTOR_SPECS
+    from recsys_ebm.anomaly.attacks import ATTACK_KINDS, INTENTS
 
     anomaly = sub.add_parser(
         "anomaly", parents=[common],
@@ -63,7 +63,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 def _anomaly_config(args):
     import dataclasses
 
-    from recsys_ebm.anomaly import CLASSIC_DETECTORS, AnomalyConfig
+    from recsys_ebm.anomaly.protocol import CLASSIC_DETECTORS, AnomalyConfig
 
     values = dataclasses.asdict(AnomalyConfig())
     for key, value in args.overrides:
@@ -95,7 +95,7 @@ def cmd_anomaly(args) -> int:
     import dataclasses
     import tempfile
 
-    from recsys_ebm import anomaly
+    from recsys_ebm.anomaly import protocol as anomaly
     from recsys_ebm.data.interactions import Interactions
 
     if args.threads is not None:

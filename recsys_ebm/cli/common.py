@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from recsys_ebm import runner
+from recsys_ebm.experiments import runner
 from recsys_ebm._compat import tomllib
 from recsys_ebm.models import MODELS, model_class
 

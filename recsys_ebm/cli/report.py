@@ -10,7 +10,7 @@ from recsys_ebm.models import MODELS
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
-    from recsys_ebm.evaluation.report import DEFAULT_TEMPERATURES, REPORT_PROTOCOLS
+    from recsys_ebm.experiments.report import DEFAULT_TEMPERATURES, REPORT_PROTOCOLS
 
     report = sub.add_parser(
         "report", parents=[common],
@@ -41,7 +41,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_report(args) -> int:
-    from recsys_ebm.evaluation import report
+    from recsys_ebm.experiments import report
 
     overrides: dict[str, dict[str, Any]] = {}
     for key, value in args.overrides:

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from recsys_ebm import runner
+from recsys_ebm.experiments import runner
 from recsys_ebm.cli.common import (
     add_data_args,
     add_model_args,
@@ -135,7 +135,7 @@ def cmd_evaluate(args) -> int:
 
 def _evaluate_ratings(args) -> int:
     """RMSE / MAE over rating-prediction folds (PROTOCOLS.md), for explicit-feedback models."""
-    from recsys_ebm.evaluation.rating_folds import evaluate_rating_folds
+    from recsys_ebm.experiments.rating_folds import evaluate_rating_folds
 
     if args.model in RATING_BASELINES:
         if args.config is not None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import scipy.sparse as sp
 
-from recsys_ebm.topk import top_k
+from recsys_ebm.ranking.topk import top_k
 
 EpochCallback = Callable[[int, dict], None]
 
@@ -118,7 +118,7 @@ class Recommender(ABC):
         -------
         ids int64 (n, k) and scores float32 (n, k), best first, padded with -1 / -inf.
         """
-        from recsys_ebm.sampling import gumbel_top_k
+        from recsys_ebm.ranking.sampling import gumbel_top_k
 
         try:
             k = operator.index(k)
@@ -170,7 +170,7 @@ class EmbeddingMixin:
 
     A model provides ``user_vectors(user_ids, user_items=None)``, the arrays ``item_factors``
     (n_items, dim) and ``item_bias`` (n_items,), and ``_require_fitted()``; FAISS retrieval
-    (``recsys_ebm.retrieval``) serves any model with these three methods.
+    (``recsys_ebm.ranking.faiss_index``) serves any model with these three methods.
     """
 
     item_factors: np.ndarray | None

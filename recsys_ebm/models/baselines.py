@@ -47,7 +47,7 @@ from recsys_ebm.models.base import (
     check_user_ids,
     check_user_items,
 )
-from recsys_ebm.training import TrainingHistory, ranking_validator
+from recsys_ebm.models.training import TrainingHistory, ranking_validator
 
 logger = logging.getLogger(__name__)
 

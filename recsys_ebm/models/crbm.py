@@ -45,7 +45,7 @@ from torch import nn
 from recsys_ebm.config import Config, check
 from recsys_ebm.io import save_model_dir
 from recsys_ebm.models.base import EpochCallback, Recommender, check_user_ids, check_user_items
-from recsys_ebm.training import TrainingHistory, run_training
+from recsys_ebm.models.training import TrainingHistory, run_training
 
 logger = logging.getLogger(__name__)
 

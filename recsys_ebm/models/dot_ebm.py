@@ -45,7 +45,7 @@ from recsys_ebm.models.base import (
     check_user_ids,
     check_user_items,
 )
-from recsys_ebm.training import TrainingHistory, ranking_validator, run_training
+from recsys_ebm.models.training import TrainingHistory, ranking_validator, run_training
 
 logger = logging.getLogger(__name__)
 
@@ -384,7 +384,7 @@ class DotEBM(EmbeddingMixin, Recommender):
     def probabilities(self, user_ids, user_items: sp.csr_matrix | None = None,
                       temperature: float | None = None) -> np.ndarray:
         """p(i | u) = softmax(-E / T) over the whole catalog: float64 (n, n_items)."""
-        from recsys_ebm.sampling import softmax_probabilities
+        from recsys_ebm.ranking.sampling import softmax_probabilities
 
         t = self.config.temperature if temperature is None else temperature
         return softmax_probabilities(self.score(user_ids, user_items), t)

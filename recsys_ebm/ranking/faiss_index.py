@@ -13,7 +13,7 @@ Two ways to use that here:
 * :func:`exact_top_k` scores blocks of users with one BLAS product against the augmented item
   matrix, masks the users' seen items in place and selects the k best (:func:`select_top_k`:
   a bounded heap for small k, a group-maximum threshold pass for larger k), blocks spread over
-  worker threads. Exact, with the tie rule of :func:`recsys_ebm.topk.top_k` (the lower item id
+  worker threads. Exact, with the tie rule of :func:`recsys_ebm.ranking.topk.top_k` (the lower item id
   wins). Batch export uses it; :func:`sampled_top_k` is its exploratory counterpart.
 * :class:`EnergyIndex` wraps a FAISS index: ``"flat"`` (``IndexFlatIP``, exact), ``"hnsw"`` and
   ``"ivf"`` (approximate, tuned with ``ef_search`` / ``nprobe``). Seen items are excluded by
@@ -56,7 +56,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys_ebm.config import Config, check
-from recsys_ebm.topk import top_k
+from recsys_ebm.ranking.topk import top_k
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def _reversed_ids(n_items: int) -> np.ndarray:
 def heap_top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k per row with a bounded heap (FAISS ``HeapArray``), best first.
 
-    Same contract as :func:`recsys_ebm.topk.top_k` without masking: -inf entries are never
+    Same contract as :func:`recsys_ebm.ranking.topk.top_k` without masking: -inf entries are never
     returned, rows are padded with -1 / -inf, ties go to the lower item id.
 
     The heap only replaces its worst element on a strictly larger value, so among items tied
@@ -439,7 +439,7 @@ def sampled_top_k(user_vectors: np.ndarray, item_vectors: np.ndarray, item_biase
                   batch_size: int | None = None, n_threads: int | None = None,
                   row_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Exploratory counterpart of :func:`exact_top_k`: ``k`` distinct items per user drawn from
-    p(i | u, T) ∝ exp(-E(u, i) / T) over eligible items (:func:`recsys_ebm.sampling.sample_top_k`).
+    p(i | u, T) ∝ exp(-E(u, i) / T) over eligible items (:func:`recsys_ebm.ranking.sampling.sample_top_k`).
 
     The product is computed as ``[c p_u, 1] . [q_i, c b_i]`` with ``c = log2(e) / T``, which is
     the sampler's base-2 log-weight (no scaling pass), and the drawn items are rescored exactly. Draws depend on (seed, row_offset + row) only.
@@ -447,7 +447,7 @@ def sampled_top_k(user_vectors: np.ndarray, item_vectors: np.ndarray, item_biase
 
     Returns ids int64 (n, k) in draw order and scores (-E) float32 (n, k), padded with -1 / -inf.
     """
-    from recsys_ebm.sampling import LOG2E, sample_top_k
+    from recsys_ebm.ranking.sampling import LOG2E, sample_top_k
 
     k = _check_k(k)
     if not (0 <= temperature < np.inf):
@@ -731,13 +731,13 @@ class EnergyIndex:
 
         A documented truncation of the Gibbs distribution: items outside a user's top
         ``n_candidates`` get probability 0; inside, p(i) ∝ exp(-E(u, i) / T) and the ``k`` draws
-        are without replacement (:func:`recsys_ebm.sampling.sample_top_k`, reproducible for a
+        are without replacement (:func:`recsys_ebm.ranking.sampling.sample_top_k`, reproducible for a
         seed; row ``r`` uses the random stream of position ``row_offset + r``).
         T = 0 returns the ranked top-k.
 
         Returns ids int64 (n, k) in draw order and their scores (-E) float32 (n, k).
         """
-        from recsys_ebm.sampling import sample_top_k
+        from recsys_ebm.ranking.sampling import sample_top_k
 
         k = _check_k(k)
         if not temperature >= 0:

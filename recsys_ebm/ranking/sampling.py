@@ -21,7 +21,7 @@ import operator
 import numpy as np
 import scipy.sparse as sp
 
-from recsys_ebm.topk import mask_items, top_k
+from recsys_ebm.ranking.topk import mask_items, top_k
 
 
 def gumbel_top_k(
@@ -184,7 +184,7 @@ def sample_top_k(
     ids int64 (n, k) in draw order and their scores float32 (n, k), padded with -1 / -inf;
     with ``return_log_norm``, a third array log_norm float64 (n,) (-inf for empty rows).
     """
-    from recsys_ebm.retrieval import heap_top_k
+    from recsys_ebm.ranking.faiss_index import heap_top_k
 
     if not (0 <= temperature < np.inf):  # also rejects NaN
         raise ValueError(f"temperature must be finite and >= 0, got {temperature}")

@@ -44,7 +44,7 @@ import torch
 from scipy.sparse.linalg import svds
 from scipy.stats import rankdata
 
-from recsys_ebm.attacks import ATTACK_KINDS, Attack, AttackConfig, ItemStats, inject
+from recsys_ebm.anomaly.attacks import ATTACK_KINDS, Attack, AttackConfig, ItemStats, inject
 from recsys_ebm.config import Config, check
 from recsys_ebm.data.interactions import Interactions
 from recsys_ebm.models.crbm import CRBM, CaseData, CRBMConfig
@@ -872,7 +872,7 @@ def evaluate_attack(genuine: Interactions, attack: Attack, config: AnomalyConfig
     start = _now()
     if attack.interactions.n_users != genuine.n_users + len(attack.fake_users) or np.any(
             attack.is_fake[:genuine.n_users]):
-        raise ValueError("attack must be built from `genuine` by recsys_ebm.attacks.inject")
+        raise ValueError("attack must be built from `genuine` by recsys_ebm.anomaly.attacks.inject")
     genuine_ratings = genuine.rating_matrix
     attacked = attack.interactions.rating_matrix
     fakes = attack.fake_users
@@ -1184,7 +1184,7 @@ def write_report(result: GridResult, markdown_path, plot_path, *, dataset: str =
         f"- Data: {info['n_users']} genuine users, {info['n_items']} items, {info['n_ratings']} "
         f"ratings. Genuine users split once (seed {config.split_seed}): {info['n_train']} train "
         f"(clean-setting models only), {info['n_calibration']} calibration, {info['n_test']} test.",
-        f"- Attacks (`recsys_ebm.attacks`, {info['intent']} intent, one target item chosen by the "
+        f"- Attacks (`recsys_ebm.anomaly.attacks`, {info['intent']} intent, one target item chosen by the "
         "documented rule, attack seed "
         f"{seed}): random, average, bandwagon (5 most-rated items at the maximum), segment (5 "
         "items nearest the target at the maximum, filler at the minimum); attack size = fake "

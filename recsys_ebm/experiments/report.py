@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recsys_ebm import runner
+from recsys_ebm.experiments import runner
 from recsys_ebm._compat import tomllib
 from recsys_ebm.evaluation.beyond import beyond_accuracy, genre_matrix, item_popularity
 from recsys_ebm.evaluation.evaluate import RANKING_METRICS, RankingResult, evaluate_ranking
@@ -679,7 +679,7 @@ def run_rating_report(config: ReportConfig) -> ReportResult:
     each fold's training ratings) plus ``config.overrides``. Writes ``ratings.{md,json,png}``.
     """
     from recsys_ebm.data.movielens import get_variant
-    from recsys_ebm.evaluation.rating_folds import evaluate_rating_folds
+    from recsys_ebm.experiments.rating_folds import evaluate_rating_folds
     from recsys_ebm.tracking import Tracker, git_commit, git_dirty
 
     if config.dataset != "movielens":
@@ -757,7 +757,7 @@ def render_rating_markdown(document: dict, plot: str) -> str:
     commit = (env.get("git_commit") or "unknown")[:10] + (" (uncommitted changes)" if env.get("git_dirty") else "")
     out = [f"# {document['title']}", "",
            f"Generated {env['generated']} from git {commit} by "
-           f"`{cfg.get('command') or 'recsys_ebm.evaluation.report.run_rating_report'}`. Total time "
+           f"`{cfg.get('command') or 'recsys_ebm.experiments.report.run_rating_report'}`. Total time "
            f"{document['timing']['total_seconds'] / 60:.1f} min. Every number is also in "
            "[`ratings.json`](ratings.json).", "",
            "## Protocol", "",
@@ -897,7 +897,7 @@ def render_markdown(document: dict, plots: dict[str, str]) -> str:
     out = [f"# {document['title']}", ""]
     commit = (env.get("git_commit") or "unknown")[:10] + (" (uncommitted changes)" if env.get("git_dirty") else "")
     out += [f"Generated {env['generated']} from git {commit} by "
-            f"`{cfg.get('command') or 'recsys_ebm.evaluation.report.run_report'}`. Total time "
+            f"`{cfg.get('command') or 'recsys_ebm.experiments.report.run_report'}`. Total time "
             f"{total / 60:.1f} min with {cfg['threads']} thread(s) per process on {env['cpu_count']} cores "
             f"(load average {_fmt(env.get('load_average_at_start'), 1)} at start). Every number is also in "
             f"[`{protocol['name']}.json`]({protocol['name']}.json).", ""]
@@ -1092,7 +1092,7 @@ def summary_frame(document: dict) -> pd.DataFrame:
 
 
 def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - thin wrapper
-    """``python -m recsys_ebm.evaluation.report``: same as ``recsys-ebm report``."""
+    """``python -m recsys_ebm.experiments.report``: same as ``recsys-ebm report``."""
     from recsys_ebm.cli import main as cli_main
 
     return cli_main(["report", *(argv if argv is not None else sys.argv[1:])])

@@ -1,0 +1,1 @@
+"""Energy as an anomaly score: shilling attacks, detectors and the detection protocol."""

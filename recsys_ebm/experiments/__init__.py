@@ -1,0 +1,1 @@
+"""Orchestration: dataset -> split -> fit -> evaluate, tuning, reports and jobs."""

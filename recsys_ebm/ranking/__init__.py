@@ -1,0 +1,1 @@
+"""The serving core: every ranking of the toolkit (top-k, seeded sampling, FAISS) is made here."""
