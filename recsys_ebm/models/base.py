@@ -59,8 +59,15 @@ class Recommender(ABC):
 
     n_users: int
     n_items: int
-    #: True for explicit-feedback models: they fit on (and fold users in from) the ratings CSR
+    # Capabilities, read by the registry's users (reports, CLI) instead of lists of names.
+    #: explicit-feedback model: fits on (and folds users in from) the ratings CSR
     fits_ratings: bool = False
+    #: scores are negative energies -E/T of a Gibbs distribution (temperature sections apply)
+    is_ebm: bool = False
+    #: ignores its seed: one fit stands for every seed
+    deterministic: bool = False
+    #: trains in epochs with early stopping on a validation split (``epochs`` is refit)
+    trains_in_epochs: bool = False
 
     @abstractmethod
     def fit(self, user_items: sp.csr_matrix, *, callback: EpochCallback | None = None,

@@ -284,6 +284,7 @@ class _ItemItemBaseline(_Baseline):
 # ---------------------------------------------------------------------------------- pop
 class MostPopular(_Baseline):
     """Most popular: score(u, i) = number of training users with an interaction with i."""
+    deterministic = True
 
     config_class = MostPopularConfig
     model_name = "pop"
@@ -315,6 +316,7 @@ class ItemKNN(_ItemItemBaseline):
     matrix) for the ``n_neighbors`` most similar j of each i, 0 elsewhere; implicit's own
     ``recommend`` ranks by the same x_u S.
     """
+    deterministic = True
 
     config_class = ItemKNNConfig
     model_name = "itemknn"
@@ -370,6 +372,7 @@ def ease_weights(user_items: sp.csr_matrix, l2: float) -> np.ndarray:
 
 class EASE(_ItemItemBaseline):
     """EASE (Embarrassingly Shallow Autoencoder): score = x_u B with B from ``ease_weights``."""
+    deterministic = True
 
     config_class = EASEConfig
     model_name = "ease"

@@ -509,6 +509,8 @@ class CRBM(Recommender):
     ``predict_proba`` their exact distributions, ``score`` / ``recommend`` for ranking and
     ``free_energy`` for anomaly scoring.
     """
+    is_ebm = True
+    trains_in_epochs = True
 
     config_class = CRBMConfig
     fits_ratings = True

@@ -206,6 +206,8 @@ class DotEBMModule(nn.Module):
 
 class DotEBM(EmbeddingMixin, Recommender):
     """Dot-product EBM recommender: ``fit`` a users x items CSR, then ``score``/``recommend``."""
+    is_ebm = True
+    trains_in_epochs = True
 
     config_class = DotEBMConfig
 
