@@ -208,12 +208,41 @@ class ModelContract:
         ids, scores = model.recommend(np.array([], dtype=np.int64), None, k=4)
         assert ids.shape == (0, 4) and scores.shape == (0, 4)
 
-    def test_recommend_without_user_items_filters_nothing(self):
+    def test_recommend_without_user_items_filters_the_fitted_interactions(self):
+        """The seen set kept with the model is what recommend leaves out by default, the same
+        as passing the training matrix; filter_seen=False returns the whole catalog."""
         model, train = self.fitted(), self.train_matrix()
-        n_items = train.shape[1]
-        ids, _ = model.recommend(self._users(), None, k=n_items)
+        users, n_items = self._users(), train.shape[1]
+        for a, b in zip(model.recommend(users, None, k=n_items), model.recommend(users, train, k=n_items),
+                        strict=True):
+            np.testing.assert_array_equal(a, b)
+        ids, _ = model.recommend(users, None, k=n_items, filter_seen=False)
         assert np.all(ids >= 0)
         np.testing.assert_array_equal(np.sort(ids, axis=1), np.tile(np.arange(n_items), (len(ids), 1)))
+        # implicit's names for the same arguments
+        for a, b in zip(model.recommend(users, None, N=3, filter_already_liked_items=False),
+                        model.recommend(users, None, k=3, filter_seen=False), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+    def test_filter_items_is_a_block_list(self):
+        model, train = self.fitted(), self.train_matrix()
+        users = self._users()
+        top = model.recommend(users, k=1)[0][:, 0]
+        blocked = np.unique(top)
+        ids, _ = model.recommend(users, k=3, filter_items=blocked)
+        assert not np.isin(ids, blocked).any()
+        with pytest.raises(IndexError, match="filter_items item id"):
+            model.recommend(users, k=3, filter_items=[train.shape[1]])
+
+    def test_probabilities_are_the_gibbs_distribution_over_eligible_items(self):
+        model, train = self.fitted(), self.train_matrix()
+        users = self._users()
+        ids, scores, prob = model.recommend(users, k=3, with_probabilities=True)
+        full = model.score(users).astype(np.float64)
+        full[_seen(train)] = -np.inf
+        expected = np.exp(full - full.max(1, keepdims=True))
+        expected /= expected.sum(1, keepdims=True)
+        np.testing.assert_allclose(prob, np.take_along_axis(expected, ids, 1), rtol=1e-4, atol=1e-7)
 
     def test_recommend_restricted_to_allowed_items(self):
         model, train = self.fitted(), self.train_matrix()
@@ -320,7 +349,7 @@ class ModelContract:
         assert files, "save wrote no files"
         n_arrays = 0
         for file in files:
-            assert file.suffix in (".json", ".pt", ".npz"), f"unexpected file {file.name}"
+            assert file.suffix in (".json", ".pt", ".npz", ".faiss"), f"unexpected file {file.name}"
             if file.suffix == ".pt":
                 tensors = torch.load(file, map_location="cpu", weights_only=True)
                 assert isinstance(tensors, dict) and tensors
@@ -351,9 +380,19 @@ class ModelContract:
         seen = _seen(train)
         k = 4
         a = model.recommend(users, train, k=k, temperature=1.0, rng=123)
-        b = model.recommend(users, train, k=k, temperature=1.0, rng=np.random.default_rng(123))
-        np.testing.assert_array_equal(a[0], b[0])
-        np.testing.assert_array_equal(a[1], b[1])
+        for b in (model.recommend(users, train, k=k, temperature=1.0, rng=123),
+                  model.recommend(users, None, k=k, temperature=1.0, rng=123)):  # the seen set
+            np.testing.assert_array_equal(a[0], b[0])
+            np.testing.assert_array_equal(a[1], b[1])
+        from_generators = [model.recommend(users, train, k=k, temperature=1.0,
+                                           rng=np.random.default_rng(7))[0] for _ in range(2)]
+        np.testing.assert_array_equal(*from_generators)
+        # a user's draw is keyed on (seed, user): the same alone, in reverse order, in any batch
+        for u in (0, len(users) - 1):
+            alone = model.recommend(users[u:u + 1], train, k=k, temperature=1.0, rng=123)[0]
+            np.testing.assert_array_equal(alone[0], a[0][u])
+        reverse = model.recommend(users[::-1], train, k=k, temperature=1.0, rng=123, batch_size=3)[0]
+        np.testing.assert_array_equal(reverse[::-1], a[0])
         draws = [model.recommend(users, train, k=k, temperature=5.0, rng=seed)[0] for seed in range(5)]
         assert any(not np.array_equal(draws[0], d) for d in draws[1:]), "rng seed has no effect"
         n_items = train.shape[1]

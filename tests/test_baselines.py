@@ -145,8 +145,11 @@ def test_pop_ranks_by_interaction_count():
     ], dtype=np.float32)
     model = MostPopular().fit(sp.csr_matrix(dense), show_progress=False)
     np.testing.assert_array_equal(model.score([0, 3])[0], [3, 1, 4, 0, 2])
-    ids, scores = model.recommend([0, 1, 2, 3], None, k=5)
+    ids, scores = model.recommend([0, 1, 2, 3], None, k=5, filter_seen=False)
     np.testing.assert_array_equal(ids, np.tile([2, 0, 4, 1, 3], (4, 1)))
+    # by default the fitted interactions are left out: user 3 saw only item 2
+    ids, _ = model.recommend([3], k=5)
+    np.testing.assert_array_equal(ids[0], [0, 4, 1, 3, -1])
     ids, _ = model.recommend([3], sp.csr_matrix(dense[3:]), k=2)
     np.testing.assert_array_equal(ids[0], [0, 4])  # item 2 seen by user 3
 

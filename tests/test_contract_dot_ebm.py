@@ -5,6 +5,8 @@ from __future__ import annotations
 from model_contract import ModelContract
 
 from recsys_ebm.models.dot_ebm import DotEBM
+from recsys_ebm.models.indexed import IndexedRecommender
+from recsys_ebm.ranking.faiss_index import IndexConfig
 
 
 class TestDotEBMHistoryContract(ModelContract):
@@ -36,3 +38,23 @@ class TestDotEBMFreeDotContract(ModelContract):
     def make_model(self, seed: int) -> DotEBM:
         return DotEBM(dim=8, user_model="free", similarity="dot", l2=1e-3, loss="exact", epochs=30,
                       lr=0.05, batch_size=64, seed=seed)
+
+
+class TestIndexedDotEBMContract(ModelContract):
+    """The free-vector dpebm served through an exact (flat) FAISS index: the same contract."""
+
+    fold_in_exact = False
+
+    def make_model(self, seed: int) -> IndexedRecommender:
+        return IndexedRecommender(DotEBM(dim=8, user_model="free", loss="exact", epochs=30, lr=0.05,
+                                         batch_size=64, seed=seed), config=IndexConfig(kind="flat"))
+
+
+class TestHNSWDotEBMContract(ModelContract):
+    """Served through an HNSW graph: on a catalog this small the graph search is exact."""
+
+    fold_in_exact = False
+
+    def make_model(self, seed: int) -> IndexedRecommender:
+        return IndexedRecommender(DotEBM(dim=8, user_model="free", loss="exact", epochs=30, lr=0.05,
+                                         batch_size=64, seed=seed), config=IndexConfig(kind="hnsw"))

@@ -1,4 +1,4 @@
-"""``recsys-ebm export``: every user's top-k (or k sampled at a temperature) to Parquet/CSV (issue 4)."""
+"""``recsys-ebm export``: every user's top-k (or k sampled at a temperature) to Parquet/CSV."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from recsys_ebm.cli.common import (
     write_out,
 )
 from recsys_ebm.models import MODELS
+from recsys_ebm.ranking.faiss_index import INDEX_KINDS
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
@@ -25,6 +26,9 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default="dpebm", choices=sorted(MODELS),
                        help="model to train first (with its defaults) when --model-path is not given")
     group.add_argument("--model-path", default=None, help="export this directory written by train")
+    group.add_argument("--index", default=None, choices=INDEX_KINDS,
+                       help="serve through a FAISS index saved beside the model (built on first "
+                            "use); flat is exact")
     group.add_argument("--config", default=None,
                        help="TOML file with model options (default: pipelines/<model>.toml when present)")
     group.add_argument("--set", dest="overrides", action="append", default=[], type=parse_override,
@@ -46,7 +50,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args) -> int:
-    from recsys_ebm.export import ExportConfig, export_job
+    from recsys_ebm.experiments.jobs import export_job
+    from recsys_ebm.export import ExportConfig
 
     config = ExportConfig(k=args.k, temperature=args.temperature, seed=args.seed,
                           chunk_size=args.chunk_size, n_threads=args.threads)
@@ -55,7 +60,7 @@ def cmd_export(args) -> int:
     with tracker_from_args(args, f"export-{args.model}") as tracker:
         result = export_job(dataset, args.output, model_name=args.model, model_path=args.model_path,
                             options=options, refit=not args.no_refit, config=config,
-                            resume=args.resume, tracker=tracker, show_progress=not args.quiet)
+                            resume=args.resume, index=args.index, tracker=tracker, show_progress=not args.quiet)
         run_id = tracker.run_id
     write_out(f"exported {result.n_rows:,} rows for {result.n_users:,} users to {result.path} "
            f"in {result.seconds:.1f} s ({result.users_per_second:,.0f} users/s"

@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from recsys_ebm.experiments import runner
 from recsys_ebm.cli.common import (
     add_data_args,
     add_model_args,
@@ -19,17 +18,13 @@ from recsys_ebm.cli.common import (
     tracker_from_args,
     write_out,
 )
-from recsys_ebm.errors import DataError
 from recsys_ebm.evaluation.evaluate import format_table
-from recsys_ebm.io import (
-    SEEN_FILE,
-    atomic_dir,
-    atomic_write_bytes,
-    load_seen_items,
-    save_seen_items,
-)
-from recsys_ebm.models import load_model, model_class
+from recsys_ebm.experiments import runner
+from recsys_ebm.experiments.jobs import saved_id_maps, serving_model
+from recsys_ebm.io import atomic_write_bytes
+from recsys_ebm.models import model_class
 from recsys_ebm.models.rating_baselines import RATING_BASELINES, make_rating_baseline
+from recsys_ebm.ranking.faiss_index import INDEX_KINDS
 
 logger = logging.getLogger("recsys_ebm.cli")
 
@@ -66,7 +61,13 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     recommend.add_argument("--history", default=None, metavar="ITEM[:RATING],...",
                            help="a new user's raw item ids (ratings for rating models such as crbm)")
     recommend.add_argument("--include-seen", action="store_true",
-                           help="do not leave out the items the user already has")
+                           help="do not leave out the items the user already has (the model's "
+                                "seen set: the interactions it was fitted on)")
+    recommend.add_argument("--filter-items", default=None, metavar="ITEM,...",
+                           help="raw item ids never to recommend (a block-list)")
+    recommend.add_argument("--index", default=None, choices=INDEX_KINDS,
+                           help="serve through a FAISS index saved beside the model (built on "
+                                "first use); flat is exact")
     recommend.add_argument("--k", type=int, default=10)
     recommend.add_argument("--temperature", type=float, default=0.0,
                            help="0 = exact ranking; > 0 samples from softmax(-E/T)")
@@ -99,11 +100,10 @@ def cmd_train(args) -> int:
     output = Path(args.output_dir or Path("outputs") / args.dataset.replace("/", "_") / args.model)
     with tracker_from_args(args, f"train-{args.model}") as tracker:
         dataset, data, model, result = _train_and_evaluate(args, tracker)
-        with atomic_dir(output) as staging:  # the model and its seen items land together
-            model.save(staging, meta={"user_ids": data.train.user_map.to_list(),
-                                      "item_ids": data.train.item_map.to_list(),
-                                      "dataset": dataset.name, "dataset_checksum": dataset.checksum})
-            save_seen_items(staging, data.train.user_items)
+        # the model files hold its seen set (the interactions it was fitted on) and the id maps
+        model.save(output, meta={"user_ids": data.train.user_map.to_list(),
+                                 "item_ids": data.train.item_map.to_list(),
+                                 "dataset": dataset.name, "dataset_checksum": dataset.checksum})
         tracker.log_artifacts(output, "model")
         tracker.log_dict(result.summary, "test_metrics.json")
         sample = runner.sample_recommendations(model, data, dataset.items)
@@ -187,34 +187,61 @@ def _evaluate_ratings(args) -> int:
 def cmd_recommend(args) -> int:
     import numpy as np
 
-    from recsys_ebm.data.ids import IdMap
-
-    model = load_model(args.model_path)
-    meta = getattr(model, "meta", {})
-    if "user_ids" not in meta:
-        raise DataError(f"{args.model_path}: the saved model has no id maps (was it saved by train?)")
+    model = serving_model(args.model_path, args.index)
+    user_map, item_map = saved_id_maps(model, args.model_path)
     if not args.users and not args.history:
         raise ValueError("recommend needs --user RAW_ID (repeatable) or --history ITEM[,ITEM...]")
-    user_map, item_map = IdMap.from_list(meta["user_ids"]), IdMap.from_list(meta["item_ids"])
     options = {"k": args.k, "temperature": args.temperature, "rng": args.seed,
-               "filter_seen": not args.include_seen}
+               "filter_seen": not args.include_seen,
+               "filter_items": _raw_items(args.filter_items, item_map, "--filter-items")}
     lines = []
     if args.users:
-        raw = np.asarray(args.users).astype(user_map.raw_ids.dtype)
-        users = user_map.to_index(raw)
-        seen = load_seen_items(args.model_path)
-        if seen is None and not args.include_seen:
-            logger.warning("%s has no %s (saved before it existed): items the users already have "
-                           "are not left out", args.model_path, SEEN_FILE)
-        ids, scores = model.recommend(users, seen, **options)
+        users = _raw_users(args.users, user_map)
+        if model.seen_items is None and not args.include_seen:
+            logger.warning("%s has no seen set (saved before it was kept with the model): items "
+                           "the users already have are not left out", args.model_path)
+        ids, scores = model.recommend(users, **options)
         lines += [_format_row(f"user {raw_user}", item_map, row, row_scores)
-                  for raw_user, row, row_scores in zip(raw, ids, scores, strict=True)]
+                  for raw_user, row, row_scores in zip(args.users, ids, scores, strict=True)]
     if args.history:
         history = _history_row(args.history, item_map, model.n_items, needs_ratings=model.fits_ratings)
         ids, scores = model.recommend(np.array([0]), history, fold_in=True, **options)
         lines.append(_format_row("new user", item_map, ids[0], scores[0]))
     write_out("\n".join(lines) + "\n")
     return 0
+
+
+def _raw_users(raw_users: list[str], user_map):
+    """Trained users' internal ids from raw ids given on the command line."""
+    import numpy as np
+
+    try:
+        raw = np.asarray(raw_users).astype(user_map.raw_ids.dtype)
+    except ValueError:
+        raise ValueError(f"--user: user ids must be of the model's id type ({user_map.raw_ids.dtype}), "
+                         f"got {raw_users}") from None
+    try:
+        return user_map.to_index(raw)
+    except KeyError as exc:
+        raise KeyError(f"--user: {exc.args[0]}: not a user of this model") from None
+
+
+def _raw_items(text: str | None, item_map, flag: str):
+    """Internal item ids of a comma-separated list of raw item ids (None when not given)."""
+    import numpy as np
+
+    if text is None:
+        return None
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    try:
+        raw = np.asarray(entries).astype(item_map.raw_ids.dtype)
+    except ValueError:
+        raise ValueError(f"{flag}: item ids must be of the model's id type ({item_map.raw_ids.dtype}), "
+                         f"got {entries}") from None
+    try:
+        return item_map.to_index(raw)
+    except KeyError as exc:
+        raise KeyError(f"{flag}: {exc.args[0]}: not an item of this model") from None
 
 
 def _format_row(label: str, item_map, row, row_scores) -> str:

@@ -31,7 +31,16 @@ def model_class(name: str) -> type[Recommender]:
 
 
 def load_model(path) -> Recommender:
-    """Load any saved model directory, dispatching on the name stored in its config.json."""
-    from recsys_ebm.io import read_model_name
+    """Load any saved model directory, dispatching on the name stored in its config.json.
 
-    return model_class(read_model_name(path)).load(path)
+    Models saved before the seen set was part of the model files get it from the
+    ``seen_items.npz`` that ``train`` wrote beside them, when present.
+    """
+    from recsys_ebm.io import load_seen_items, read_model_name
+
+    model = model_class(read_model_name(path)).load(path)
+    if model.seen_items is None:
+        seen = load_seen_items(path)
+        if seen is not None and seen.shape == (model.n_users, model.n_items):
+            model.seen_items = seen
+    return model

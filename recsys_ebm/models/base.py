@@ -1,7 +1,9 @@
-"""`Recommender`: `recommend` built once on top of each model's `score`."""
+"""`Recommender`: the model interface, with `recommend` built once on top of each model's
+`score` (or its vectors), through the serving core of :mod:`recsys_ebm.ranking`."""
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -9,7 +11,16 @@ from collections.abc import Callable
 import numpy as np
 import scipy.sparse as sp
 
-from recsys_ebm.ranking.topk import top_k
+from recsys_ebm.ranking.factored import rank_vectors
+from recsys_ebm.ranking.select import select
+from recsys_ebm.ranking.topk import (
+    align_rows,
+    canonical_csr,
+    check_k,
+    check_temperature,
+    item_mask,
+    mask_rows,
+)
 
 EpochCallback = Callable[[int, dict], None]
 
@@ -82,10 +93,41 @@ class Recommender(ABC):
         interactions (fold-in), which also serves users unseen in training.
         """
 
+    # ------------------------------------------------------------------ the seen set
+    #: the users x items pattern the model was fitted on (binary CSR), or None before ``fit``
+    seen_items: sp.csr_matrix | None = None
+
+    def _remember_seen(self, user_items: sp.csr_matrix) -> None:
+        """Keep the fitted interactions' pattern: what ``recommend`` leaves out by default."""
+        pattern = sp.csr_matrix(user_items, dtype=np.float32, copy=True)
+        pattern.eliminate_zeros()
+        pattern.sum_duplicates()
+        pattern.data[:] = 1.0
+        self.seen_items = pattern
+
+    def _seen_tensors(self) -> dict[str, np.ndarray]:
+        """The seen set as plain arrays for ``save`` (empty when the model has none)."""
+        if self.seen_items is None:
+            return {}
+        return {"seen.indptr": self.seen_items.indptr.astype(np.int64),
+                "seen.indices": self.seen_items.indices.astype(np.int64)}
+
+    def _restore_seen(self, tensors: dict) -> None:
+        """Rebuild the seen set saved by :meth:`_seen_tensors` (models saved without one keep None)."""
+        if "seen.indptr" not in tensors:
+            return
+        indptr = np.asarray(tensors["seen.indptr"], dtype=np.int64)
+        indices = np.asarray(tensors["seen.indices"], dtype=np.int64)
+        if indptr.shape != (self.n_users + 1,) or indptr[-1] != indices.size or (
+                indices.size and (indices.min() < 0 or indices.max() >= self.n_items)):
+            raise ValueError(f"the saved seen set does not fit {self.n_users} users x {self.n_items} items")
+        self.seen_items = sp.csr_matrix((np.ones(indices.size, np.float32), indices, indptr),
+                                        shape=(self.n_users, self.n_items))
+
     @classmethod
     def _load_dir(cls, path, model_name: str) -> tuple[Recommender, dict, dict]:
         """Read a saved model directory, check it holds ``model_name``, and build the model
-        (config, ``n_users``, ``n_items`` set) for ``load`` to fill: ``(model, tensors, meta)``."""
+        (config, ``n_users``, ``n_items``, seen set) for ``load`` to fill: ``(model, tensors, meta)``."""
         from recsys_ebm.io import load_model_dir
 
         name, config, tensors, meta = load_model_dir(path)
@@ -93,8 +135,10 @@ class Recommender(ABC):
             raise ValueError(f"{path} holds a {name!r} model, not {model_name!r}")
         model = cls(cls.config_class.from_saved(config))
         model.n_users, model.n_items = int(meta["n_users"]), int(meta["n_items"])
+        model._restore_seen(tensors)
         return model, tensors, meta
 
+    # ------------------------------------------------------------------ ranking
     def recommend(
         self,
         user_ids,
@@ -103,73 +147,138 @@ class Recommender(ABC):
         *,
         filter_seen: bool = True,
         items=None,
+        filter_items=None,
         temperature: float = 0.0,
         rng: np.random.Generator | int | None = None,
-        batch_size: int = 2048,
+        batch_size: int | None = None,
         fold_in: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (T = 0) or sampled (T > 0) items per user.
+        n_threads: int | None = 1,
+        with_probabilities: bool = False,
+        **aliases,
+    ):
+        """Top-k (T = 0) or sampled (T > 0) items per user: the toolkit's one ranking.
 
         Parameters
         ----------
         user_ids : int (n,)
-        user_items : CSR, either (n_users_trained, n_items) indexed by ``user_ids``
-            or (n, n_items) aligned with ``user_ids`` (any other row count raises
-            ``ValueError``); its items are filtered when ``filter_seen``.
-        items : optional allowed item ids (or bool mask over items).
-        temperature : 0 for the exact ranking; > 0 samples k distinct items without
-            replacement from softmax(score / T) (Gumbel-top-k).
-        fold_in : score users from ``user_items`` instead of their trained vectors.
+        user_items : CSR, either (n_users_trained, n_items) indexed by ``user_ids`` or (n,
+            n_items) aligned with them; its items are left out when ``filter_seen``. Without
+            it, the model's seen set (the interactions it was fitted on) is left out.
+        items : allowed item ids (or a bool mask over items); ``filter_items``: blocked ones.
+        temperature : 0 for the exact ranking (ties to the lower item id); > 0 samples k
+            distinct items without replacement from softmax(score / T).
+        rng : seed (int, default 0) or a ``np.random.Generator`` to draw one from. User
+            ``u``'s draw depends only on (seed, u): not on batches, threads or other users.
+        fold_in : score users from ``user_items`` (their histories) instead of trained vectors.
+        n_threads : worker threads for models with vectors (None = every CPU).
+        with_probabilities : also return p(i | u, T) of each returned item over the items
+            the user may receive (at T = 1 for the ranking), float64 (n, k), NaN for padding.
+        aliases : implicit's names ``N`` (k), ``filter_already_liked_items`` (filter_seen)
+            and ``recalculate_user`` (fold_in).
 
         Returns
         -------
-        ids int64 (n, k) and scores float32 (n, k), best first, padded with -1 / -inf.
+        ids int64 (n, k) and scores float32 (n, k), best first (draw order when sampling),
+        padded with -1 / -inf; with ``with_probabilities`` a third array.
         """
-        from recsys_ebm.ranking.sampling import gumbel_top_k
-
-        try:
-            k = operator.index(k)
-        except TypeError:
-            raise ValueError(f"k must be an integer, got {k!r}") from None
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        k, filter_seen, fold_in = _implicit_aliases(aliases, k, filter_seen, fold_in)
+        k, temperature = check_k(k), check_temperature(temperature)
         user_ids = check_user_ids(user_ids, None if fold_in else self.n_users)
-        rows = None
         if user_items is not None:
             user_items = check_user_items(user_items, n_items=self.n_items)
-            n_rows = user_items.shape[0]
-            if n_rows == len(user_ids) and (fold_in or n_rows != self.n_users):
-                rows = user_items
-            elif n_rows == self.n_users:
-                bad = (user_ids < 0) | (user_ids >= n_rows)  # only unchecked when fold_in
-                if np.any(bad):
-                    raise IndexError(f"user id {int(user_ids[bad][0])} has no row in user_items "
-                                     f"({n_rows} rows)")
-                rows = user_items[user_ids]
-            else:
-                # neither layout: indexing would silently filter other users' rows
-                raise ValueError(
-                    f"user_items has {n_rows} rows: expected {len(user_ids)} (aligned with "
-                    f"user_ids) or {self.n_users} (one per trained user, indexed by user_ids)"
-                )
+        rows = align_rows(user_items, user_ids, None if fold_in else self.n_users, aligned=fold_in)
         if fold_in and rows is None:
             raise ValueError("fold_in=True needs user_items aligned with user_ids")
-        if not temperature >= 0:  # also rejects NaN, which would silently mean T = 0
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-        out_ids = np.empty((len(user_ids), k), dtype=np.int64)
-        out_scores = np.empty((len(user_ids), k), dtype=np.float32)
-        for start in range(0, len(user_ids), batch_size):
-            stop = min(start + batch_size, len(user_ids))
-            chunk_rows = rows[start:stop] if rows is not None else None
-            scores = self.score(user_ids[start:stop], chunk_rows if fold_in else None)
-            exclude = chunk_rows if filter_seen else None
-            if temperature > 0:
-                ids, vals = gumbel_top_k(scores, k, temperature, generator, exclude=exclude, allowed=items)
-            else:
-                ids, vals = top_k(scores, k, exclude=exclude, allowed=items)
-            out_ids[start:stop], out_scores[start:stop] = ids, vals
-        return out_ids, out_scores
+        exclude = None
+        if filter_seen:
+            exclude = rows if rows is not None else self._seen_rows(user_ids)
+        request = RankRequest(
+            user_ids=user_ids, history=rows if fold_in else None,
+            exclude=None if exclude is None else canonical_csr(exclude, name="user_items"),
+            mask=item_mask(self.n_items, items, filter_items), k=k, temperature=temperature,
+            seed=seed_from(rng), keys=user_ids, with_log_p=with_probabilities,
+            batch_size=batch_size or 2048, n_threads=n_threads)
+        ids, scores, log_p = self._rank(request)
+        if with_probabilities:
+            return ids, scores, np.where(ids >= 0, np.exp(log_p), np.nan)
+        return ids, scores
+
+    def _seen_rows(self, user_ids: np.ndarray) -> sp.csr_matrix | None:
+        """The seen set's rows of trained users (None when the model has no seen set)."""
+        if self.seen_items is None:
+            return None
+        return self.seen_items[user_ids]
+
+    def _rank(self, request: RankRequest) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Rank through ``score``: users in blocks of ``batch_size``, each block masked and
+        selected by :func:`recsys_ebm.ranking.select.select`. Models with a faster exact
+        path (vectors, an index) override this, never ``recommend``."""
+        r = request
+        n = len(r.user_ids)
+        ids, values = np.empty((n, r.k), np.int64), np.empty((n, r.k), np.float32)
+        log_p = np.empty((n, r.k)) if r.with_log_p else None
+        for start in range(0, n, r.batch_size):
+            stop = min(start + r.batch_size, n)
+            history = r.history[start:stop] if r.history is not None else None
+            scores = np.array(self.score(r.user_ids[start:stop], history), dtype=np.float32, order="C")
+            mask_rows(scores, r.exclude, start)
+            if r.mask is not None:
+                scores[:, ~r.mask] = -np.inf
+            block = select(scores, r.k, r.temperature, r.seed, r.keys[start:stop],
+                           with_log_p=r.with_log_p)
+            ids[start:stop], values[start:stop] = block[0], block[1]
+            if log_p is not None:
+                log_p[start:stop] = block[2]
+        return ids, values, log_p
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RankRequest:
+    """One checked ranking request, as ``recommend`` hands it to a model's ``_rank``.
+
+    ``history`` (n, n_items) is set for fold-in; ``exclude`` (n, n_items) canonical CSR rows
+    aligned with ``user_ids``; ``mask`` bool (n_items,) of returnable items; ``keys`` the users'
+    sampling keys.
+    """
+
+    user_ids: np.ndarray
+    history: sp.csr_matrix | None
+    exclude: sp.csr_matrix | None
+    mask: np.ndarray | None
+    k: int
+    temperature: float
+    seed: int
+    keys: np.ndarray
+    with_log_p: bool
+    batch_size: int
+    n_threads: int | None
+
+
+def seed_from(rng: np.random.Generator | int | None) -> int:
+    """A sampling seed: the int given (0 when None), or one drawn from a Generator."""
+    if rng is None:
+        return 0
+    if isinstance(rng, np.random.Generator):
+        return int(rng.integers(0, 2**63 - 1))
+    try:
+        seed = operator.index(rng)
+    except TypeError:
+        raise ValueError(f"rng must be an int seed or a numpy Generator, got {rng!r}") from None
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    return seed
+
+
+def _implicit_aliases(aliases: dict, k: int, filter_seen: bool, fold_in: bool) -> tuple[int, bool, bool]:
+    """Accept implicit's keyword names beside the toolkit's."""
+    names = {"N": "k", "filter_already_liked_items": "filter_seen", "recalculate_user": "fold_in"}
+    unknown = sorted(set(aliases) - set(names))
+    if unknown:
+        raise TypeError(f"recommend() got unexpected keyword argument(s) {unknown}")
+    k = aliases.get("N", k)
+    filter_seen = aliases.get("filter_already_liked_items", filter_seen)
+    fold_in = aliases.get("recalculate_user", fold_in)
+    return k, bool(filter_seen), bool(fold_in)
 
 
 class EmbeddingMixin:
@@ -197,3 +306,12 @@ class EmbeddingMixin:
         """<p_u, q_i> + b_i for every item: float32 (n, n_items)."""
         vectors = self.user_vectors(user_ids, user_items)
         return (vectors @ self.item_factors.T + self.item_bias).astype(np.float32, copy=False)
+
+    def _rank(self, request: RankRequest) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The factored kernel: one BLAS product per block of users, blocks on worker threads."""
+        r = request
+        vectors = self.user_vectors(r.user_ids, r.history)
+        return rank_vectors(vectors, self.item_vectors(), self.item_biases(), r.k, r.temperature,
+                            r.seed, keys=r.keys, exclude=r.exclude, mask=r.mask,
+                            with_log_p=r.with_log_p, n_threads=r.n_threads)
+

@@ -206,6 +206,7 @@ class _Baseline(Recommender):
                                           n_items=user_items.shape[1])
         self._fitted = False
         self.n_users, self.n_items = user_items.shape
+        self._remember_seen(user_items)
         self._fit(user_items, show_progress)
         self._fitted = True
         metrics: dict[str, float] = {}
@@ -251,7 +252,8 @@ class _Baseline(Recommender):
         self._require_fitted()
         info = {"n_users": self.n_users, "n_items": self.n_items,
                 "best_epoch": self.history.best_epoch, **(meta or {})}
-        return save_model_dir(path, self.model_name, self.config.to_dict(), self._tensors(), info)
+        tensors = {**self._tensors(), **self._seen_tensors()}
+        return save_model_dir(path, self.model_name, self.config.to_dict(), tensors, info)
 
     @classmethod
     def load(cls, path):

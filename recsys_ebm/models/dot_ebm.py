@@ -233,6 +233,7 @@ class DotEBM(EmbeddingMixin, Recommender):
         if user_items.nnz == 0:
             raise ValueError("user_items has no interactions to train on")
         self.n_users, self.n_items = user_items.shape
+        self._remember_seen(user_items)
         generator = torch.Generator().manual_seed(cfg.seed)
         module = DotEBMModule(self.n_users, self.n_items, cfg, generator)
         self.module = module
@@ -402,6 +403,7 @@ class DotEBM(EmbeddingMixin, Recommender):
             tensors["encoder_bias"] = self.module.encoder_bias.detach()
         info = {"n_users": self.n_users, "n_items": self.n_items,
                 "best_epoch": self.history.best_epoch, **(meta or {})}
+        tensors.update(self._seen_tensors())
         return save_model_dir(path, MODEL_NAME, self.config.to_dict(), tensors, info)
 
     @classmethod

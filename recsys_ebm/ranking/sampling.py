@@ -1,14 +1,13 @@
-"""Temperature-controlled Gibbs softmax sampling over items.
+"""The one temperature sampler: k distinct items per user from p(i | u, T) ∝ exp(score / T).
 
 p(i | u, T) ∝ exp(score(u, i) / T) = exp(-E(u, i) / T). Adding i.i.d. Gumbel noise to
 score / T and keeping the k largest draws k distinct items exactly as sequential sampling
 without replacement would (the Gumbel-top-k trick, Kool et al. 2019).
 
-* :func:`gumbel_top_k`: the reference, one float64 Gumbel per item and user.
-* :func:`sample_top_k`: the same distribution with about sqrt(n_items) random draws per user
-  (the top-down Gumbel process), randomness keyed to row positions so that chunked, threaded
-  and resumed runs draw the same items for a seed; what export and retrieval use.
-* :func:`sample_recommendations`: chunked sampling for any ``Recommender`` (via ``score``).
+* :func:`sample_top_k`: that distribution with about sqrt(n_items) random draws per user (the
+  top-down Gumbel process), its randomness keyed on (seed, user key): a user's draw is the same
+  in any batch, chunk, thread, worker, or company of other users.
+* :func:`softmax_probabilities`: the distribution itself, in float64.
 * :func:`mean_entropy`, :func:`expected_coverage`, :func:`calibrate_temperature`: choose T
   for a target mean entropy of p(. | u, T) or a target catalog coverage of the sampled lists.
 """
@@ -16,39 +15,11 @@ without replacement would (the Gumbel-top-k trick, Kool et al. 2019).
 from __future__ import annotations
 
 import functools
-import operator
 
 import numpy as np
 import scipy.sparse as sp
 
-from recsys_ebm.ranking.topk import mask_items, top_k
-
-
-def gumbel_top_k(
-    scores: np.ndarray,
-    k: int,
-    temperature: float,
-    rng: np.random.Generator,
-    *,
-    exclude: sp.csr_matrix | None = None,
-    allowed: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sample k distinct items per row from softmax(scores / T) over eligible items.
-
-    ``temperature == 0`` is the exact top-k. Returns ids int64 (n, k) and the items'
-    original scores float32 (n, k) in sampled order, padded with -1 / -inf.
-    """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if temperature == 0:
-        return top_k(scores, k, exclude=exclude, allowed=allowed)
-    mask_items(scores, exclude, allowed)
-    perturbed = scores.astype(np.float64) / temperature + rng.gumbel(size=scores.shape)
-    ids, _ = top_k(perturbed, k)
-    values = np.full(ids.shape, -np.inf, dtype=np.float32)
-    valid = ids >= 0
-    values[valid] = np.take_along_axis(scores, np.where(valid, ids, 0), axis=1)[valid]
-    return ids, values
+from recsys_ebm.ranking.topk import apply_masks, check_k, check_temperature, item_mask, top_k
 
 
 def softmax_probabilities(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -72,21 +43,12 @@ def softmax_probabilities(scores: np.ndarray, temperature: float = 1.0) -> np.nd
 # distributed as a Gumbel truncated below the popped key. k pops give the k distinct items, in
 # order, exactly as sequential sampling without replacement would.
 
-#: Rows (users) that share random streams. Row r of a request uses the streams of block
-#: (row_offset + r) // RNG_BLOCK, drawn whole, so results never depend on batch sizes, threads
-#: or resumption: chunked == unchunked for the same seed. They depend on the seed, the row's
-#: position and the number of items; the first j draws do not depend on k.
+#: Users that share random streams. The user with key u uses row u % RNG_BLOCK of the streams
+#: of block u // RNG_BLOCK, drawn whole, so a user's draws depend only on the seed, its key and
+#: the number of items: never on batch sizes, threads, workers or the other users of a call.
+#: Exports and evaluations call with consecutive keys, so each block is drawn once per call;
+#: the first j draws do not depend on k.
 RNG_BLOCK = 64
-
-
-def _check_k(k) -> int:
-    try:
-        k = operator.index(k)
-    except TypeError:
-        raise ValueError(f"k must be an integer, got {k!r}") from None
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    return k
 
 
 def block_generator(seed: int, block: int, stream: int = 0) -> np.random.Generator:
@@ -116,29 +78,30 @@ def _group_members(n_items: int) -> tuple[np.ndarray, np.ndarray]:
     return table, valid
 
 
-def _block_draws(seed: int, row_offset: int, n: int, n_groups: int, k: int
+def _block_draws(seed: int, keys: np.ndarray, n_groups: int, k: int
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gumbels (n, G), uniforms (n, k), exponentials (n, k) for rows row_offset .. + n."""
-    if n == 0:
-        return np.empty((0, n_groups)), np.empty((0, k)), np.empty((0, k))
-    first, last = row_offset // RNG_BLOCK, (row_offset + n - 1) // RNG_BLOCK
-    gumbels, uniforms, expos = [], [], []
-    for block in range(first, last + 1):
+    """Gumbels (n, G), uniforms (n, k), exponentials (n, k) for the users ``keys`` (n,)."""
+    n = len(keys)
+    gumbels, uniforms = np.empty((n, n_groups), np.float32), np.empty((n, k))
+    expos = np.empty((n, k))
+    blocks = keys // RNG_BLOCK
+    for block in np.unique(blocks):
+        rows = np.flatnonzero(blocks == block)
+        slots = keys[rows] % RNG_BLOCK
         # -log E is Gumbel(0, 1); float32 draws are plenty for the group keys and twice as fast
-        expo = block_generator(seed, block, 0).standard_exponential((RNG_BLOCK, n_groups), dtype=np.float32)
-        gumbels.append(-np.log(np.maximum(expo, np.finfo(np.float32).tiny)))
+        expo = block_generator(seed, int(block), 0).standard_exponential((RNG_BLOCK, n_groups),
+                                                                         dtype=np.float32)
+        gumbels[rows] = -np.log(np.maximum(expo[slots], np.finfo(np.float32).tiny))
         # per-step draws in their own streams, step-major: the first j steps do not depend on k,
         # so a sample of k items starts with the sample of fewer items for the same seed
-        uniforms.append(block_generator(seed, block, 2).random((k, RNG_BLOCK)).T)
-        expos.append(np.maximum(block_generator(seed, block, 3).standard_exponential((k, RNG_BLOCK)).T,
-                                np.finfo(np.float64).tiny))
-    lo = row_offset - first * RNG_BLOCK
-    return (np.concatenate(gumbels)[lo:lo + n], np.concatenate(uniforms)[lo:lo + n],
-            np.concatenate(expos)[lo:lo + n])
+        uniforms[rows] = block_generator(seed, int(block), 2).random((k, RNG_BLOCK)).T[slots]
+        expos[rows] = np.maximum(block_generator(seed, int(block), 3).standard_exponential(
+            (k, RNG_BLOCK)).T[slots], np.finfo(np.float64).tiny)
+    return gumbels, uniforms, expos
 
 
 def _fallback_gumbels(seed: int, rows: np.ndarray, n_items: int) -> np.ndarray:
-    """Full Gumbel rows (len(rows), n_items) for absolute row positions ``rows``."""
+    """Full Gumbel rows (len(rows), n_items) for the user keys ``rows``."""
     out = np.empty((len(rows), n_items))
     for block in np.unique(rows // RNG_BLOCK):
         draws = block_generator(seed, int(block), stream=1).gumbel(size=(RNG_BLOCK, n_items))
@@ -147,24 +110,36 @@ def _fallback_gumbels(seed: int, rows: np.ndarray, n_items: int) -> np.ndarray:
     return out
 
 
+def check_keys(keys: np.ndarray | None, n: int) -> np.ndarray:
+    """User keys of a sampling call as int64 (n,): by default 0 .. n-1; keys must be >= 0."""
+    if keys is None:
+        return np.arange(n, dtype=np.int64)
+    keys = np.asarray(keys)
+    if keys.shape != (n,) or (keys.size and not np.issubdtype(keys.dtype, np.integer)):
+        raise ValueError(f"keys must be {n} integers (one per row), got {keys.dtype} {keys.shape}")
+    if keys.size and keys.min() < 0:
+        raise ValueError(f"sampling keys must be >= 0, got {int(keys.min())}")
+    return keys.astype(np.int64, copy=False)
+
+
 def sample_top_k(
     scores: np.ndarray,
     k: int,
     temperature: float,
     seed: int = 0,
     *,
+    keys: np.ndarray | None = None,
     exclude: sp.csr_matrix | None = None,
     allowed: np.ndarray | None = None,
-    row_offset: int = 0,
     return_log_norm: bool = False,
 ):
     """Sample k distinct items per row from softmax(scores / T) over eligible items, seeded.
 
-    Same distribution as :func:`gumbel_top_k` (sampling without replacement, in draw order),
-    with O(sqrt(n_items)) random draws per row instead of n_items, and randomness tied to row
-    positions: row ``r`` uses the stream of ``row_offset + r`` (see ``RNG_BLOCK``), so the same
-    seed gives the same draws however users are chunked. ``temperature == 0`` is the exact
-    top-k. ``scores`` is used as scratch: excluded and drawn items are set to -inf in place.
+    Sampling without replacement, in draw order, with O(sqrt(n_items)) random draws per row
+    instead of n_items. Row ``r`` draws from the streams of user key ``keys[r]`` (see
+    ``RNG_BLOCK``; default: the row number), so a user's sample depends only on (seed, key).
+    ``temperature == 0`` is the exact top-k. ``scores`` is used as scratch: excluded and drawn
+    items are set to -inf in place.
 
     Weights are exp(s / T) in float32 (rows that would overflow or underflow subtract their
     maximum first): an item less likely than the row's best by a factor below ~1e-25 may have
@@ -174,9 +149,9 @@ def sample_top_k(
     Parameters
     ----------
     scores : float (n, n_items), higher is better (-E); C-contiguous.
+    keys : int (n,) >= 0, the users' sampling keys (their row in the model for trained users).
     exclude : CSR (n, n_items), optional; stored entries are never drawn.
     allowed : bool (n_items,) or item ids, optional.
-    row_offset : absolute position of row 0 (for chunked calls).
     return_log_norm : also return log sum_i exp(s_i / T) over eligible items, float64 (n,).
 
     Returns
@@ -184,27 +159,46 @@ def sample_top_k(
     ids int64 (n, k) in draw order and their scores float32 (n, k), padded with -1 / -inf;
     with ``return_log_norm``, a third array log_norm float64 (n,) (-inf for empty rows).
     """
-    from recsys_ebm.ranking.faiss_index import heap_top_k
-
-    if not (0 <= temperature < np.inf):  # also rejects NaN
-        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+    temperature = check_temperature(temperature)
     if scores.ndim != 2:
         raise ValueError(f"scores must be 2-D (n, n_items), got shape {scores.shape}")
-    k = _check_k(k)
-    mask_items(scores, exclude, allowed)
+    k = check_k(k)
+    keys = check_keys(keys, scores.shape[0])
+    apply_masks(scores, exclude, None if allowed is None else item_mask(scores.shape[1], allowed))
     scores = np.ascontiguousarray(scores)  # drawn items are masked through a flat view
-    n, n_items = scores.shape
     if temperature == 0:
         if return_log_norm:
             raise ValueError("return_log_norm needs temperature > 0")
-        return heap_top_k(scores, k)
-    n_groups, group_size = _group_layout(n_items)
+        return top_k(scores, k)
+    n_groups, group_size = _group_layout(scores.shape[1])
     mass, shift = _group_masses(scores, temperature, n_groups, group_size)
     total = mass.sum(axis=1)
-    gumbels, uniforms, expos = _block_draws(seed, row_offset, n, n_groups, k)
+    draws = _block_draws(seed, keys, n_groups, k)
+    with np.errstate(divide="ignore"):
+        log_norm = np.where(total > 0, shift / temperature + np.log(total), -np.inf)
+    ids, values = _pop_groups(scores, k, temperature, mass, shift, draws)
+    picked = (ids >= 0).sum(axis=1)
+    short = np.flatnonzero(picked < k)
+    if short.size:
+        left = np.isfinite(scores[short]).sum(axis=1)  # eligible items not drawn yet
+        redo = short[left > 0]
+        if redo.size:
+            _finish_with_gumbels(scores, ids, values, picked, redo, k, temperature, seed, keys)
+    if return_log_norm:
+        return ids, values, log_norm
+    return ids, values
+
+
+def _pop_groups(scores: np.ndarray, k: int, temperature: float, mass: np.ndarray,
+                shift: np.ndarray, draws: tuple[np.ndarray, np.ndarray, np.ndarray]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The k steps of the top-down Gumbel process: pop the group with the largest key, draw
+    its member ∝ weight, and give the group's rest a truncated Gumbel key (module comment)."""
+    gumbels, uniforms, expos = draws
+    n, n_items = scores.shape
+    n_groups, group_size = mass.shape[1], _group_layout(n_items)[1]
     with np.errstate(divide="ignore"):
         keys = np.log(mass) + gumbels
-        log_norm = np.where(total > 0, shift / temperature + np.log(total), -np.inf)
     ids = np.full((n, k), -1, dtype=np.int64)
     values = np.full((n, k), -np.inf, dtype=np.float32)
     rows = np.arange(n)
@@ -225,13 +219,7 @@ def sample_top_k(
         in_last = np.flatnonzero(group == n_groups - 1)  # only the last group has empty slots
         if in_last.size and not valid[-1].all():
             weights[in_last[:, None], ~valid[-1]] = 0.0
-        cdf = np.cumsum(weights, axis=1)
-        pick = (cdf <= (uniforms[:, step] * cdf[:, -1])[:, None]).sum(axis=1)
-        np.minimum(pick, group_size - 1, out=pick)
-        stray = np.flatnonzero(weights[rows, pick] <= 0)
-        if stray.size:  # rounding landed past the last positive member: step back onto it
-            last = group_size - 1 - np.argmax(weights[stray, ::-1] > 0, axis=1)
-            pick[stray] = np.minimum(pick[stray], last)
+        pick = _pick_member(weights, uniforms[:, step], group_size)
         chosen = where[rows, pick][live]
         ids[live, step] = cols[rows, pick][live]
         values[live, step] = flat[chosen]
@@ -243,16 +231,20 @@ def sample_top_k(
             # Gumbel(mu) truncated below `top`: mu - log(E + exp(mu - top)); -inf once empty
             keys[rows, group] = np.where(rest > 0, mu - np.logaddexp(np.log(expos[:, step]), mu - top),
                                          -np.inf)
-    picked = (ids >= 0).sum(axis=1)
-    short = np.flatnonzero(picked < k)
-    if short.size:
-        left = np.isfinite(scores[short]).sum(axis=1)  # eligible items not drawn yet
-        redo = short[left > 0]
-        if redo.size:
-            _finish_with_gumbels(scores, ids, values, picked, redo, k, temperature, seed, row_offset)
-    if return_log_norm:
-        return ids, values, log_norm
     return ids, values
+
+
+def _pick_member(weights: np.ndarray, uniform: np.ndarray, group_size: int) -> np.ndarray:
+    """Slot of each row's member drawn ∝ ``weights`` (n, L) by inverting the CDF at ``uniform``."""
+    rows = np.arange(weights.shape[0])
+    cdf = np.cumsum(weights, axis=1)
+    pick = (cdf <= (uniform * cdf[:, -1])[:, None]).sum(axis=1)
+    np.minimum(pick, group_size - 1, out=pick)
+    stray = np.flatnonzero(weights[rows, pick] <= 0)
+    if stray.size:  # rounding landed past the last positive member: step back onto it
+        last = group_size - 1 - np.argmax(weights[stray, ::-1] > 0, axis=1)
+        pick[stray] = np.minimum(pick[stray], last)
+    return pick
 
 
 #: Weights are exp(s / T) without subtracting each row's maximum (a pass saved). Rows whose
@@ -327,7 +319,7 @@ def _group_masses(scores: np.ndarray, temperature: float, n_groups: int, group_s
 
 
 def _finish_with_gumbels(scores: np.ndarray, ids: np.ndarray, values: np.ndarray, picked: np.ndarray,
-                         redo: np.ndarray, k: int, temperature: float, seed: int, row_offset: int) -> None:
+                         redo: np.ndarray, k: int, temperature: float, seed: int, keys: np.ndarray) -> None:
     """Complete rows whose float32 weights ran out with float64 Gumbel-top-k over the rest.
 
     Sampling without replacement is memoryless given the items drawn so far (already -inf in
@@ -336,9 +328,9 @@ def _finish_with_gumbels(scores: np.ndarray, ids: np.ndarray, values: np.ndarray
     """
     rest = scores[redo].astype(np.float64)
     with np.errstate(invalid="ignore"):
-        keys = (rest - rest.max(axis=1, keepdims=True)) / temperature
-    keys += _fallback_gumbels(seed, redo + row_offset, scores.shape[1])
-    more, _ = top_k(keys, k)
+        perturbed = (rest - rest.max(axis=1, keepdims=True)) / temperature
+    perturbed += _fallback_gumbels(seed, keys[redo], scores.shape[1])
+    more, _ = top_k(perturbed, k)
     for n_done in np.unique(picked[redo]):  # at most k distinct prefix lengths
         sel = np.flatnonzero(picked[redo] == n_done)
         ids[redo[sel], n_done:] = more[sel, :k - n_done]
@@ -347,61 +339,12 @@ def _finish_with_gumbels(scores: np.ndarray, ids: np.ndarray, values: np.ndarray
                                               -np.inf)
 
 
-def sample_recommendations(
-    model,
-    user_ids,
-    user_items: sp.csr_matrix | None = None,
-    k: int = 10,
-    temperature: float = 1.0,
-    seed: int = 0,
-    *,
-    filter_seen: bool = True,
-    items: np.ndarray | None = None,
-    batch_size: int = 1024,
-    fold_in: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exploratory recommendations for any ``Recommender``: ``k`` items per user from
-    softmax(score / T) over unseen items, users scored in chunks of ``batch_size``.
-
-    ``user_items`` is (n_users, n_items) indexed by ``user_ids`` or (n, n_items) aligned with
-    them. Draws depend on (seed, position in ``user_ids``) only, not on ``batch_size``.
-
-    Returns ids int64 (n, k) in draw order and scores float32 (n, k), padded with -1 / -inf.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    user_ids = np.atleast_1d(np.asarray(user_ids, dtype=np.int64))
-    rows = None
-    if user_items is not None:
-        user_items = sp.csr_matrix(user_items)
-        n_rows = user_items.shape[0]
-        if n_rows == len(user_ids) and (fold_in or n_rows != getattr(model, "n_users", None)):
-            rows = user_items
-        elif n_rows == getattr(model, "n_users", None):
-            rows = user_items[user_ids]
-        else:
-            raise ValueError(f"user_items has {n_rows} rows: expected {len(user_ids)} (aligned with "
-                             f"user_ids) or {getattr(model, 'n_users', '?')} (one per trained user)")
-    if fold_in and rows is None:
-        raise ValueError("fold_in=True needs user_items aligned with user_ids")
-    out_ids = np.full((len(user_ids), k), -1, dtype=np.int64)
-    out_scores = np.full((len(user_ids), k), -np.inf, dtype=np.float32)
-    for start in range(0, len(user_ids), batch_size):
-        stop = min(start + batch_size, len(user_ids))
-        chunk = rows[start:stop] if rows is not None else None
-        scores = np.asarray(model.score(user_ids[start:stop], chunk if fold_in else None))
-        exclude = chunk if filter_seen else None
-        out_ids[start:stop], out_scores[start:stop] = sample_top_k(
-            scores, k, temperature, seed, exclude=exclude, allowed=items, row_offset=start)
-    return out_ids, out_scores
-
-
 # ----------------------------------------------------------------------------- calibration
 
 
 def _masked_copy(scores: np.ndarray, exclude, allowed) -> np.ndarray:
     out = np.array(scores, dtype=np.float64, copy=True)
-    mask_items(out, exclude, allowed)
+    apply_masks(out, exclude, None if allowed is None else item_mask(out.shape[1], allowed))
     return out
 
 

@@ -1,0 +1,90 @@
+"""Serving jobs: pick the model to serve (a saved one, or one trained first the way ``train``
+does), optionally behind a FAISS index, and export its recommendations for every user.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from recsys_ebm.data.ids import IdMap
+from recsys_ebm.errors import DataError
+from recsys_ebm.experiments import runner
+from recsys_ebm.export import ExportConfig, ExportResult, export_recommendations
+from recsys_ebm.models import load_model
+from recsys_ebm.models.base import Recommender
+
+logger = logging.getLogger(__name__)
+
+
+def saved_id_maps(model: Recommender, model_path: str | Path) -> tuple[IdMap, IdMap]:
+    """The raw-id maps saved with a model by ``train``; ``DataError`` when they are missing or
+    do not match the model's shape."""
+    meta = getattr(model, "meta", {}) or {}
+    if "user_ids" not in meta or "item_ids" not in meta:
+        raise DataError(f"{model_path}: the saved model has no id maps (was it saved by train?)")
+    user_map, item_map = IdMap.from_list(meta["user_ids"]), IdMap.from_list(meta["item_ids"])
+    if len(user_map) != model.n_users or len(item_map) != model.n_items:
+        raise DataError(f"{model_path}: id maps ({len(user_map)} users, {len(item_map)} items) do not "
+                        f"match the model ({model.n_users} users, {model.n_items} items)")
+    return user_map, item_map
+
+
+def serving_model(model_path: str | Path, index: str | None = None) -> Recommender:
+    """A saved model, served through its FAISS index of kind ``index`` when given (built once
+    and saved beside the model as ``index-<kind>/``)."""
+    model = load_model(model_path)
+    if index is None:
+        return model
+    from recsys_ebm.models.indexed import IndexedRecommender
+
+    return IndexedRecommender.for_saved(model, model_path, index)
+
+
+def export_job(dataset: Any, output: str | Path, *, model_name: str = "dpebm",
+               model_path: str | Path | None = None, options: dict[str, Any] | None = None,
+               refit: bool = True, config: ExportConfig | None = None, resume: bool = False,
+               index: str | None = None, tracker: Any = None,
+               show_progress: bool = True) -> ExportResult:
+    """``recsys-ebm export``: a saved model (``model_path``), or ``model_name`` trained first
+    with ``options`` the way ``recsys-ebm train`` does (random protocol, early stopping on a
+    validation split carved from train, refit on all of train), exported for every user.
+
+    Each user's seen items are the model's seen set (the interactions it was fitted on), the
+    same set ``recommend`` leaves out, so export and recommend serve the same lists.
+
+    Parameters
+    ----------
+    dataset : a :class:`recsys_ebm.experiments.runner.Dataset` (``runner.load_dataset``).
+    index : serve through a FAISS index of this kind (``flat``, ``hnsw``, ``ivf``); needs
+        ``model_path`` (the index is saved beside the model).
+    """
+    config = config if config is not None else ExportConfig()
+    if model_path is not None:
+        model = serving_model(model_path, index)
+        user_map, item_map = saved_id_maps(model, model_path)
+        meta = getattr(model, "meta", {}) or {}
+        if meta.get("dataset_checksum") not in (None, dataset.checksum):
+            logger.warning("%s was trained on another copy of the data (checksum %s..., this one %s...)",
+                           model_path, str(meta["dataset_checksum"])[:12], dataset.checksum[:12])
+        source = str(model_path)
+    else:
+        if index is not None:
+            raise ValueError("--index serves a saved model: give --model-path (train one first)")
+        split = runner.make_split(dataset.ratings, "random", seed=0)
+        prepared = runner.prepare(split, "random")
+        model = runner.fit_with_validation(model_name, options or {}, prepared, refit=refit,
+                                           callback=tracker.log_epoch if tracker is not None else None,
+                                           show_progress=show_progress)
+        user_map, item_map = prepared.train.user_map, prepared.train.item_map
+        source = f"trained {model_name}"
+    if tracker is not None:
+        tracker.log_params({"model": model_name if model_path is None else type(model).__name__,
+                            "model_source": source, "refit": refit, "index": index or "none",
+                            **({f"model.{k}": v for k, v in (options or {}).items()})})
+        tracker.log_dataset(dataset.name, dataset.checksum, source=dataset.source,
+                            n_users=len(user_map), n_items=len(item_map))
+    return export_recommendations(model, output, raw_user_ids=user_map.raw_ids,
+                                  raw_item_ids=item_map.raw_ids, config=config, resume=resume,
+                                  show_progress=show_progress, tracker=tracker)

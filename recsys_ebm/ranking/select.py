@@ -1,0 +1,152 @@
+"""The one selection of a block of scores: exact top-k at T = 0, the seeded sample at T > 0,
+and the log-partition that turns the selected scores into Gibbs probabilities.
+
+Every ranking of the toolkit ends here: ``Recommender.recommend`` (and so export, evaluation,
+the CLI and the FAISS-served models) passes masked score blocks to :func:`select`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recsys_ebm.ranking.faiss_index import heap_top_k
+from recsys_ebm.ranking.sampling import LOG2E, sample_top_k
+from recsys_ebm.ranking.topk import check_k, check_temperature
+
+
+def select(scores: np.ndarray, k: int, temperature: float, seed: int, keys: np.ndarray, *,
+           with_log_p: bool = False, work: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The ranked (T = 0) or sampled (T > 0) ``k`` items of each row of masked ``scores``.
+
+    Parameters
+    ----------
+    scores : float32 (n, n_items), -inf where an item may not be returned; used as scratch.
+    keys : int64 (n,), the users' sampling keys (see :func:`recsys_ebm.ranking.sampling.sample_top_k`).
+    with_log_p : also return log p(i | u, T) of the selected items under the Gibbs distribution
+        over the eligible items (at T = 1 for the ranking); see :func:`log_probabilities`.
+    work : optional float32 scratch of ``scores.size`` entries for the log-partition.
+
+    Returns
+    -------
+    ids int64 (n, k), scores float32 (n, k) best first / in draw order, padded with -1 / -inf;
+    log_p float64 (n, k) (-inf for padding) or None.
+    """
+    k = check_k(k)
+    temperature = check_temperature(temperature)
+    if temperature > 0:
+        if not with_log_p:
+            ids, values = sample_top_k(scores, k, temperature, seed, keys=keys)
+            return ids, values, None
+        ids, values, log_norm = sample_top_k(scores, k, temperature, seed, keys=keys,
+                                             return_log_norm=True)
+        return ids, values, log_probabilities(values, log_norm, temperature)
+    ids, values = select_top_k(scores, k)
+    if not with_log_p:
+        return ids, values, None
+    log_norm = logsumexp_rows(scores, values[:, 0].astype(np.float64), work)
+    return ids, values, log_probabilities(values, log_norm, 1.0)
+
+
+def log_probabilities(values: np.ndarray, log_norm: np.ndarray, temperature: float) -> np.ndarray:
+    """log p = s / T - log Z of selected scores (n, k), clipped at 0 (rounding between the
+    scores and the partition must not give p > 1); -inf for padding."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        log_p = np.minimum(values.astype(np.float64) / temperature - log_norm[:, None], 0.0)
+    log_p[~np.isfinite(values)] = -np.inf
+    return log_p
+
+
+#: :func:`select_top_k` switches from the heap to the threshold method at this k.
+THRESHOLD_MIN_K = 32
+
+
+def select_top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k per row, best first, by the faster method for the shape.
+
+    Same contract as :func:`heap_top_k` (-inf never returned, -1 / -inf padding, ties to the
+    lower item id). Small ``k``: the heap. Larger ``k``: a threshold pass. Split the items
+    into G strided groups and take each group's maximum; the k-th largest group maximum t is
+    a lower bound of the k-th largest score (k groups each hold an item >= t), so every top-k
+    item, and every item tied with the k-th, is among the few with score >= t. Those are
+    found with vectorized compares and sorted by (score desc, id asc). Rows where that set is
+    degenerate (fewer than k groups with eligible items, or many ties) use the heap.
+
+    Parameters
+    ----------
+    scores : float32 (n, n_items)
+    """
+    k = check_k(k)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be 2-D (n, n_items), got shape {scores.shape}")
+    n, n_items = scores.shape
+    n_groups = max(512, 4 * k)
+    if k < THRESHOLD_MIN_K or scores.dtype != np.float32 or n_items < 8 * n_groups or n == 0:
+        return heap_top_k(scores, k)
+    scores = np.ascontiguousarray(scores)
+    n_full = n_items // n_groups
+    group_max = scores[:, :n_full * n_groups].reshape(n, n_full, n_groups).max(axis=1)
+    tail = scores[:, n_full * n_groups:]
+    if tail.shape[1]:
+        np.maximum(group_max[:, :tail.shape[1]], tail, out=group_max[:, :tail.shape[1]])
+    threshold = np.partition(group_max, n_groups - k, axis=1)[:, n_groups - k]
+    fallback = ~np.isfinite(threshold)  # fewer than k groups hold an eligible item
+    threshold[fallback] = np.inf
+    flat = np.flatnonzero(scores >= threshold[:, None])
+    rows = flat // n_items
+    counts = np.bincount(rows, minlength=n)
+    fallback |= counts > 8 * k + 64  # heavy ties at the threshold: let the heap sort them out
+    if fallback.any():
+        keep = ~fallback[rows]
+        flat, rows = flat[keep], rows[keep]
+        counts[fallback] = 0
+    width = max(int(counts.max()), k)
+    starts = np.cumsum(counts) - counts
+    position = np.arange(flat.size) - starts[rows]
+    values = np.full((n, width), -np.inf, dtype=np.float32)
+    ids = np.full((n, width), -1, dtype=np.int64)
+    values[rows, position] = scores.reshape(-1)[flat]
+    ids[rows, position] = flat - rows * n_items
+    # candidates are in id order within a row: a stable sort by -score breaks ties by id
+    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    ids = np.take_along_axis(ids, order, axis=1)
+    values = np.take_along_axis(values, order, axis=1)
+    redo = np.flatnonzero(fallback)
+    if redo.size:
+        ids[redo], values[redo] = heap_top_k(scores[redo], k)
+    return ids, values
+
+
+#: Rows whose maximum score lies in this window take exp(s) without subtracting it (a pass
+#: saved): nothing overflows, and only terms over e^67 times below the maximum underflow.
+_DIRECT_WINDOW = (-20.0, 60.0)
+
+
+def logsumexp_rows(scores: np.ndarray, row_max: np.ndarray, work: np.ndarray | None = None
+                   ) -> np.ndarray:
+    """log sum_i exp(s_i) per row over finite entries, float64 (n,); -inf for empty rows.
+
+    ``row_max`` is each row's largest score (the first of its top-k), float64 (n,); ``work``
+    an optional float32 scratch buffer of at least ``scores.size`` entries (reused by callers
+    that score many blocks).
+    """
+    n, n_items = scores.shape
+    out = np.full(n, -np.inf)
+    ok = np.isfinite(row_max)
+    if not ok.any():
+        return out
+    if work is None or work.size < n * n_items:
+        work = np.empty(n * n_items, dtype=np.float32)
+    buffer = work.reshape(-1)[:n * n_items].reshape(n, n_items)
+    direct = ok & (row_max >= _DIRECT_WINDOW[0]) & (row_max <= _DIRECT_WINDOW[1])
+    shift = np.where(direct | ~ok, 0.0, row_max)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        if np.all(shift == 0):
+            np.multiply(scores, np.float32(LOG2E), out=buffer)
+        else:
+            np.subtract(scores, shift.astype(np.float32)[:, None], out=buffer)
+            np.multiply(buffer, np.float32(LOG2E), out=buffer)
+        np.exp2(buffer, out=buffer)  # exp(x) = exp2(x log2 e): float32 exp2 is twice as fast
+        total = buffer.sum(axis=1).astype(np.float64)
+        out[ok] = (np.log(total) + shift)[ok]
+    return out
