@@ -34,7 +34,7 @@ help:
 	@echo "make export   [K=100 OUTPUT=...parquet|.csv ARGS='--temperature 0.5 --seed 1' ...]"
 	@echo "make bench    [BENCH_ARGS=--quick]  -> benchmarks/results/*.json"
 	@echo "make test     run the test suite"
-	@echo "make lint     ruff"
+	@echo "make lint     ruff + import-linter contracts"
 
 setup: $(STAMP)
 
@@ -51,7 +51,7 @@ $(BENCH_STAMP): $(STAMP)
 train: $(STAMP)
 	$(BIN)/recsys-ebm train $(DATA_FLAGS) --model $(MODEL) $(ARGS)
 
-# the comparison report of issue 5 (recsys_ebm/evaluation/report.py)
+# the model comparison report (recsys_ebm/experiments/report.py)
 evaluate: $(BENCH_STAMP)
 	$(BIN)/recsys-ebm report $(DATA_FLAGS) --protocol $(PROTOCOL) \
 		$(if $(MODELS),--models $(MODELS),) $(ARGS)
@@ -70,7 +70,7 @@ bench: $(BENCH_STAMP)
 test: $(BENCH_STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
 
-# Shilling-attack detection grid (issue 6): attack x size x filler x detector on $(DATASET)-$(VARIANT),
+# Shilling-attack detection grid: attack x size x filler x detector on $(DATASET)-$(VARIANT),
 # writes reports/<dataset>-<variant>/anomaly.md + anomaly.png and logs to MLflow. One torch thread:
 # the grid fits many small models, for which extra intra-op threads only add contention.
 .PHONY: anomaly
@@ -78,8 +78,10 @@ anomaly: $(STAMP)
 	$(BIN)/recsys-ebm anomaly $(DATA_FLAGS) --grid --threads 1 --quiet \
 		--report-dir reports/$(DATASET)-$(VARIANT) $(ARGS)
 
+# ruff, and the import-linter contracts of pyproject.toml (layers point one way, no cycles)
 lint: $(STAMP)
 	$(BIN)/ruff check recsys_ebm tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

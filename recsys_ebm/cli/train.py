@@ -28,7 +28,7 @@ from recsys_ebm.ranking.faiss_index import INDEX_KINDS
 
 logger = logging.getLogger("recsys_ebm.cli")
 
-#: Rating-prediction protocols of PROTOCOLS.md (RMSE / MAE over folds).
+#: Rating-prediction protocols of docs/protocols.md (RMSE / MAE over folds).
 RATING_PROTOCOLS = ("official-folds", "kfold")
 
 
@@ -134,7 +134,7 @@ def cmd_evaluate(args) -> int:
 
 
 def _evaluate_ratings(args) -> int:
-    """RMSE / MAE over rating-prediction folds (PROTOCOLS.md), for explicit-feedback models."""
+    """RMSE / MAE over rating-prediction folds (docs/protocols.md), for explicit-feedback models."""
     from recsys_ebm.experiments.rating_folds import evaluate_rating_folds
 
     if args.model in RATING_BASELINES:

@@ -8,7 +8,7 @@ one ``np.lexsort`` over (user, key), with random keys from ``np.random.default_r
 Top-N splits (random, temporal, leave-one-out, time cutoff, held-out users) drop test rows
 whose user (except held-out users) or item never occurs in train, because such rows cannot be
 ranked; the count is returned in ``Split.n_dropped`` and logged. Rating-prediction splits
-(:func:`kfold`, the official ML-100K folds) keep them by default, as PROTOCOLS.md requires every
+(:func:`kfold`, the official ML-100K folds) keep them by default, as docs/protocols.md requires every
 model to be scored on the same test rows (with a documented fallback prediction).
 
 The official ML-100K folds u1..u5, ua, ub are read by

@@ -1,4 +1,4 @@
-"""Full-catalog top-N evaluation and rating-error evaluation (protocols: PROTOCOLS.md)."""
+"""Full-catalog top-N evaluation and rating-error evaluation (protocols: docs/protocols.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ranking and rating metrics, vectorized over users (definitions: PROTOCOLS.md).
+"""Ranking and rating metrics, vectorized over users (definitions: docs/protocols.md).
 
 Ranking metrics work on a hit matrix ``hits`` bool (n_users, k_max): row ``u`` is user ``u``'s
 recommendation list, best first, True where the item is one of the user's test items. Each

@@ -384,7 +384,7 @@ def expected_coverage(scores: np.ndarray, k: int, temperature: float, *, seed: i
 
     Monte Carlo over ``n_rounds`` rounds of :func:`sample_top_k` with fixed seeds (common random
     numbers, so the estimate is a deterministic function of T). T = 0 gives the exact top-k
-    coverage of PROTOCOLS.md.
+    coverage of docs/protocols.md.
     """
     masked = _masked_copy(scores, exclude, allowed).astype(np.float32)
     covered = []
