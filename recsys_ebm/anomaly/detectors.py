@@ -24,6 +24,9 @@ Registered detectors:
 
 :class:`ItemZDetector` (|r_ui - mean_i| / std_i) is the classic baseline of the
 interaction-level scores that the ``crbm`` and ``dpebm`` models also give.
+
+Detectors use only the models' public methods (``DotEBM.score``, ``CRBM.free_energy``,
+``CRBM.predict_proba_all``).
 """
 
 from __future__ import annotations
@@ -35,12 +38,11 @@ from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 from scipy.sparse.linalg import svds
 
 from recsys_ebm.anomaly.attacks import ItemStats
 from recsys_ebm.anomaly.ratings import CHUNK_USERS, as_ratings, row_means, row_of
-from recsys_ebm.models.crbm import CRBM, CaseData, CRBMConfig
+from recsys_ebm.models.crbm import CRBM, CRBMConfig
 from recsys_ebm.models.dot_ebm import DotEBM, DotEBMConfig
 
 # ----------------------------------------------------------------------------- interface
@@ -277,34 +279,28 @@ class CRBMDetector(Detector):
         profiles = as_ratings(profiles)
         return self.model.free_energy(np.arange(profiles.shape[0]), profiles)
 
-    @torch.no_grad()
     def interaction_scores(self, profiles: sp.csr_matrix,
                            user_ids: np.ndarray | None = None) -> sp.csr_matrix:
         """-log p(v_ui = r_ui | V_u without i, r_u) for every rating of ``profiles``.
 
         The profile is conditioned on as given (in-sample and fold-in coincide for the user
-        orientation: a user's hidden input is a function of their ratings).
+        orientation: a user's hidden input is a function of their ratings). The probabilities
+        are ``CRBM.predict_proba_all`` of the profiles, which gives a rated item the
+        distribution given the user's other ratings.
         """
-        model = self.model
-        module = model.module
         profiles = as_ratings(profiles)
-        levels = model.levels
+        levels = self.model.levels
         pos = np.clip(np.searchsorted(levels, profiles.data.astype(np.float64)), 0, len(levels) - 1)
         if np.any(np.abs(levels[pos] - profiles.data) > 1e-4):
             raise ValueError(f"ratings must be among the model's levels {levels.tolist()}")
-        level_csr = sp.csr_matrix(((pos + 1).astype(np.float32), profiles.indices, profiles.indptr),
-                                  shape=profiles.shape)
-        data = CaseData.from_csr(level_csr, None)
         out = profiles.copy()
         out.data = np.empty(profiles.nnz, dtype=np.float32)
         for start in range(0, profiles.shape[0], CHUNK_USERS):
-            rows = np.arange(start, min(start + CHUNK_USERS, profiles.shape[0]))
-            batch = data.batch(rows)
-            x = module.hidden_input(batch)
-            x_loo = x[batch.case_of] - module.W[batch.units, batch.levels]
-            log_p = module.log_proba_pairs(x_loo, batch.units)
-            nll = -log_p.gather(1, batch.levels[:, None])[:, 0]
-            out.data[batch.positions] = nll.float().numpy()
+            stop = min(start + CHUNK_USERS, profiles.shape[0])
+            rows = profiles[start:stop]
+            proba = self.model.predict_proba_all(np.arange(stop - start), rows)
+            entry = slice(profiles.indptr[start], profiles.indptr[stop])
+            out.data[entry] = -np.log(proba[row_of(rows), rows.indices, pos[entry]])
         return out
 
 
