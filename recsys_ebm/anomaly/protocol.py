@@ -175,7 +175,8 @@ class CellResult:
     shift_attacked: float
     outcomes: list[DetectorOutcome]
     seconds: float
-    calibration_users: np.ndarray  # int64, the users every threshold was calibrated on
+    #: setting -> int64 rows of the attacked data that setting's thresholds were calibrated on
+    calibration_users: dict[str, np.ndarray]
 
     def rows(self) -> list[dict]:
         """Flat table rows, one per (setting, detector)."""
@@ -267,15 +268,18 @@ def evaluate_attack(genuine: Interactions, attack: Attack, config: AnomalyConfig
     meter = ShiftMeter(genuine.rating_matrix, attacked, attack.targets, config.knn_k,
                        (float(levels[0]), float(levels[-1])))
     outcomes: list[DetectorOutcome] = []
+    calibrated: dict[str, np.ndarray] = {}
     n_cal = len(split.calibration)
     if "clean" in config.settings:
         if clean is None:
             raise ValueError("the clean setting needs a CleanSetting fitted on the genuine users")
         raw, lengths = clean.scores_with(attacked[fakes])
         rows = np.concatenate([clean.rows, fakes])
+        calibrated["clean"] = rows[:n_cal].copy()
         outcomes += _judge("clean", raw, lengths, rows, attack.is_fake[rows], n_cal, config, meter)
     if "contaminated" in config.settings:
         raw, rows, lengths = _contaminated_scores(genuine, attack, split, config)
+        calibrated["contaminated"] = rows[:n_cal].copy()
         outcomes += _judge("contaminated", raw, lengths, rows, attack.is_fake[rows], n_cal,
                            config, meter)
     seconds = perf_counter() - start
@@ -285,7 +289,7 @@ def evaluate_attack(genuine: Interactions, attack: Attack, config: AnomalyConfig
                 ", ".join(f"{o.setting[:5]}/{o.detector} {o.metrics['auc']:.3f}" for o in outcomes))
     return CellResult(cfg, len(fakes), attack.n_filler,
                       genuine.item_map.to_raw(attack.targets).tolist(), meter.shift(None),
-                      outcomes, seconds, split.calibration.copy())
+                      outcomes, seconds, calibrated)
 
 
 def evaluate_interactions(genuine_ratings: sp.csr_matrix, split: UserSplit, clean: CleanSetting,
