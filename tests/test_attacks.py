@@ -63,7 +63,7 @@ def _profiles(attack: Attack) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return data.user_idx[tail], data.item_idx[tail], data.ratings[tail]
 
 
-def test_share_counts_are_the_issue_numbers_on_ml100k():
+def test_share_counts_match_the_ml100k_grid_sizes():
     assert [share_count(s, 943) for s in (0.01, 0.05, 0.10)] == [9, 47, 94]
     assert [share_count(s, 1682) for s in (0.03, 0.05, 0.10)] == [50, 84, 168]
     assert share_count(0.001, 10) == 1  # never zero profiles
@@ -99,7 +99,7 @@ def test_sizes_are_exact_and_genuine_data_untouched(genuine, kind):
     assert len(frame) == len(users) and set(frame["role"]) <= {"filler", "selected", "target"}
 
 
-def test_ml100k_attack_has_the_issue_sizes(movielens_dir):
+def test_ml100k_attack_has_the_grid_sizes(movielens_dir):
     from recsys_ebm.data.movielens import load_movielens
 
     data = load_movielens("100k", movielens_dir, download=False)

@@ -1,4 +1,5 @@
-"""``recsys-ebm anomaly``: inject shilling attacks and score every profile by energy (issue 6)."""
+"""``recsys-ebm anomaly``: inject shilling attacks and score every profile by energy (the
+streams/anomaly protocol in docs/protocols.md)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ logger = logging.getLogger("recsys_ebm.cli")
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
-    from recsys_ebm.anomaly.protocol import DETECTOR_SPECS
     from recsys_ebm.anomaly.attacks import ATTACK_KINDS, INTENTS
+    from recsys_ebm.anomaly.detectors import DETECTORS
 
     anomaly = sub.add_parser(
         "anomaly", parents=[common],
@@ -40,7 +41,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     attack.add_argument("--seed", type=int, default=0, help="attack seed (targets and profiles)")
     detect = anomaly.add_argument_group("detection")
     detect.add_argument("--detector", dest="detectors", action="append",
-                        choices=[*DETECTOR_SPECS, "all"],
+                        choices=[*DETECTORS, "all"],
                         help="detector (repeatable; default all but random); RDMA and "
                              "PCA-VarSelect always run alongside")
     detect.add_argument("--setting", default="both", choices=("clean", "contaminated", "both"))
@@ -63,7 +64,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 def _anomaly_config(args):
     import dataclasses
 
-    from recsys_ebm.anomaly.protocol import CLASSIC_DETECTORS, AnomalyConfig
+    from recsys_ebm.anomaly.detectors import CLASSIC_DETECTORS
+    from recsys_ebm.anomaly.protocol import AnomalyConfig
 
     values = dataclasses.asdict(AnomalyConfig())
     for key, value in args.overrides:
@@ -93,9 +95,8 @@ def _cell_metrics(cell) -> dict[str, float]:
 
 def cmd_anomaly(args) -> int:
     import dataclasses
-    import tempfile
 
-    from recsys_ebm.anomaly import protocol as anomaly
+    from recsys_ebm.anomaly.protocol import headline_comparison
     from recsys_ebm.data.interactions import Interactions
 
     if args.threads is not None:
@@ -105,7 +106,6 @@ def cmd_anomaly(args) -> int:
     config = _anomaly_config(args)
     dataset = dataset_from_args(args)
     genuine = Interactions.from_frame(dataset.ratings, name=dataset.name)
-    label = f"{args.dataset}-{args.variant}" if args.dataset == "movielens" else dataset.name
     run_name = "anomaly-grid" if args.grid else f"anomaly-{args.attack}-{args.intent}"
     with tracker_from_args(args, run_name) as tracker:
         tracker.log_params({"anomaly": dataclasses.asdict(config), "grid": args.grid,
@@ -114,63 +114,84 @@ def cmd_anomaly(args) -> int:
                                        "filler_size": args.filler_size, "seed": args.seed}})
         tracker.log_dataset(dataset.name, dataset.checksum, source=dataset.source,
                             n_users=genuine.n_users, n_items=genuine.n_items, n_ratings=len(genuine))
-
-        def log_cell(cell) -> None:
-            name = (f"{cell.attack.kind}-{cell.attack.attack_size:g}-{cell.attack.filler_size:g}"
-                    f"-s{cell.attack.seed}")
-            if args.grid:
-                with tracker.child(name) as child:
-                    child.log_params(dataclasses.asdict(cell.attack))
-                    child.log_metrics(_cell_metrics(cell))
-            else:
-                tracker.log_metrics(_cell_metrics(cell))
-
-        if args.grid:
-            result = anomaly.run_grid(genuine, config, intent=args.intent, seed=args.seed,
-                                      on_cell=log_cell)
-        else:
-            result = anomaly.run_grid(genuine, config, kinds=(args.attack,),
-                                      attack_sizes=(args.attack_size,),
-                                      filler_sizes=(args.filler_size,), intent=args.intent,
-                                      seed=args.seed, bar_seeds=(), on_cell=log_cell)
-        bar = anomaly.bar_check(result.table)
+        result = _run(args, genuine, config, tracker)
+        headline = headline_comparison(result.table)
         document = {"dataset": dataset.name, "config": dataclasses.asdict(config),
                     "info": result.info, "results": result.table.to_dict("records"),
                     "interactions": result.interactions.to_dict("records"),
-                    "bar": bar.to_dict("records")}
+                    "headline": headline.to_dict("records")}
         tracker.log_dict(document, "anomaly.json")
         tracker.log_table(result.table, "anomaly_cells.csv")
-        for row in document["bar"]:
-            tracker.log_metrics({f"bar.{row['setting']}.{row['attack']}.auc": row["auc"],
-                                 f"bar.{row['setting']}.{row['attack']}.classic_auc":
-                                     row["classic_auc"]})
-        if args.grid:
-            out = Path(args.report_dir or Path("reports") / label)
-            anomaly.write_report(result, out / "anomaly.md", out / "anomaly.png", dataset=dataset.name,
-                                 command="make anomaly")
-            tracker.log_artifact(out / "anomaly.md", "report")
-            tracker.log_artifact(out / "anomaly.png", "report")
-        elif result.histograms:
-            with tempfile.TemporaryDirectory() as tmp:
-                plot = Path(tmp) / "anomaly.png"
-                anomaly.plot_histograms(result, plot)
-                tracker.log_artifact(plot, "report")
+        for row in document["headline"]:
+            key = f"headline.{row['setting']}.{row['attack']}"
+            tracker.log_metrics({f"{key}.auc": row["auc"], f"{key}.classic_auc": row["classic_auc"]})
+        _log_plots(args, result, dataset, tracker)
     if args.json_path:
         atomic_write_bytes(args.json_path, json.dumps(document, indent=2, default=_anomaly_jsonable).encode())
         logger.info("results written to %s", args.json_path)
+    _write_tables(args, result, headline)
+    return 0
+
+
+def _run(args, genuine, config, tracker):
+    """The grid (``--grid``) or the one attack cell of the arguments, each cell logged."""
+    import dataclasses
+
+    from recsys_ebm.anomaly.protocol import run_grid
+
+    def log_cell(cell) -> None:
+        name = (f"{cell.attack.kind}-{cell.attack.attack_size:g}-{cell.attack.filler_size:g}"
+                f"-s{cell.attack.seed}")
+        if args.grid:
+            with tracker.child(name) as child:
+                child.log_params(dataclasses.asdict(cell.attack))
+                child.log_metrics(_cell_metrics(cell))
+        else:
+            tracker.log_metrics(_cell_metrics(cell))
+
+    if args.grid:
+        return run_grid(genuine, config, intent=args.intent, seed=args.seed, on_cell=log_cell)
+    return run_grid(genuine, config, kinds=(args.attack,), attack_sizes=(args.attack_size,),
+                    filler_sizes=(args.filler_size,), intent=args.intent, seed=args.seed,
+                    headline_seeds=(), on_cell=log_cell)
+
+
+def _log_plots(args, result, dataset, tracker) -> None:
+    """``--grid``: the markdown report and plot, written and logged; otherwise the plot alone."""
+    import tempfile
+
+    from recsys_ebm.anomaly.report import plot_histograms, write_report
+
+    if args.grid:
+        label = f"{args.dataset}-{args.variant}" if args.dataset == "movielens" else dataset.name
+        out = Path(args.report_dir or Path("reports") / label)
+        write_report(result, out / "anomaly.md", out / "anomaly.png", dataset=dataset.name,
+                     command="make anomaly")
+        tracker.log_artifact(out / "anomaly.md", "report")
+        tracker.log_artifact(out / "anomaly.png", "report")
+    elif result.histograms:
+        with tempfile.TemporaryDirectory() as tmp:
+            plot = Path(tmp) / "anomaly.png"
+            plot_histograms(result, plot)
+            tracker.log_artifact(plot, "report")
+
+
+def _write_tables(args, result, headline) -> None:
+    """The results as markdown tables on stdout, and the headline comparison when the cells hold it."""
+    from recsys_ebm.anomaly.report import markdown_table
+
     columns = ["setting", "attack", "attack_size", "filler_size", "detector", "auc", "fpr",
                "detection_rate", "precision", "f1", "shift_filtered"]
     if not args.grid:
-        write_out(anomaly.markdown_table(result.table[columns]) + "\n")
+        write_out(markdown_table(result.table[columns]) + "\n")
         if len(result.interactions):
-            write_out("\ninteraction level:\n" + anomaly.markdown_table(result.interactions[
+            write_out("\ninteraction level:\n" + markdown_table(result.interactions[
                 ["corruption", "detector", "auc", "fpr", "detection_rate", "f1"]]) + "\n")
         if len(result.table):
             write_out(f"\nprediction shift of the target with the attack: "
-                   f"{result.table['shift_attacked'].iloc[0]:+.3f}\n")
-    if len(bar):
-        write_out("\n" + anomaly.markdown_table(bar) + "\n")
-    return 0
+                      f"{result.table['shift_attacked'].iloc[0]:+.3f}\n")
+    if len(headline):
+        write_out("\n" + markdown_table(headline) + "\n")
 
 
 def _anomaly_jsonable(obj: Any) -> Any:
