@@ -32,15 +32,22 @@ def trained(tmp_path_factory, movielens_dir):
     buffer = io.StringIO()
     with redirect_stdout(buffer):
         code = main(argv)
-    return {"code": code, "stdout": buffer.getvalue(), "uri": uri, "out": out, "tmp": tmp}
+    return {"code": code, "stdout": buffer.getvalue(), "uri": uri, "out": out, "tmp": tmp,
+            "data": movielens_dir}
 
 
 def test_train_prints_metric_table_and_saves_model(trained):
     assert trained["code"] == 0
     assert "ndcg" in trained["stdout"] and "recall" in trained["stdout"]
     model = load_model(trained["out"])
-    assert (model.n_users, model.n_items) == (943, 1682 - 0) or model.n_items <= 1682
-    assert len(model.meta["user_ids"]) == 943
+    # every user is in train; items whose only ratings went to test are not in the model
+    u_data = pd.read_csv(Path(trained["data"]) / "ml-100k" / "u.data", sep="\t", header=None)
+    assert model.n_users == 943 and len(model.meta["user_ids"]) == 943
+    assert len(model.meta["item_ids"]) == model.n_items
+    assert set(model.meta["item_ids"]) <= set(u_data[1].tolist())
+    assert u_data[1].nunique() == 1682 and model.n_items == 1656  # 26 items are only in test
+    # the seen set saved with the model is the training split: 80,367 of the 100,000 ratings
+    assert model.seen_items.shape == (943, 1656) and model.seen_items.nnz == 80_367
     ids, scores = model.recommend(np.arange(3), k=10)
     assert ids.shape == (3, 10) and np.all(np.diff(scores, axis=1) <= 0)
 

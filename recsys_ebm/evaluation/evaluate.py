@@ -117,6 +117,34 @@ def evaluate_ranking(
     -------
     RankingResult
     """
+    train, test = _check_matrices(model, train_user_items, test_user_items)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ks = _check_ks(ks)
+    n_test_all = np.diff(test.indptr)
+    user_ids = np.flatnonzero(n_test_all > 0).astype(np.int64)
+    if user_ids.size == 0:
+        raise ValueError("no user has a test item; nothing to evaluate")
+    start_time = time.perf_counter()
+    recs = _rank_users(model, train, user_ids, ks[-1], batch_size, fold_in, show_progress)
+    per_user = _per_user_metrics(recs, test[user_ids], n_test_all[user_ids].astype(np.int64),
+                                 ks, user_ids)
+    summary: dict[str, float] = {}
+    for metric in RANKING_METRICS:
+        for k in ks:
+            summary[f"{metric}@{k}"] = float(per_user[f"{metric}@{k}"].mean())
+    summary["mrr"] = float(per_user["mrr"].mean())
+    for k in ks:
+        summary[f"coverage@{k}"] = coverage_at_k(recs, test.shape[1], k)
+    summary["n_users"] = int(user_ids.size)
+    logger.info("evaluated %d of %d users at k=%s in %.1fs", user_ids.size, test.shape[0],
+                list(ks), time.perf_counter() - start_time)
+    return RankingResult(summary=summary, per_user=per_user, recommendations=recs)
+
+
+def _check_matrices(model: SupportsRecommend, train_user_items, test_user_items
+                    ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Both matrices as canonical CSRs of one shape that matches the model's catalog."""
     for name, m in (("train_user_items", train_user_items), ("test_user_items", test_user_items)):
         if not sp.issparse(m):
             raise ValueError(f"{name} must be a scipy.sparse matrix, got {type(m).__name__}")
@@ -125,39 +153,26 @@ def evaluate_ranking(
             f"train_user_items has shape {train_user_items.shape}, "
             f"test_user_items has {test_user_items.shape}; they must match (users x items)"
         )
-    n_users, n_items = test_user_items.shape
     model_items = getattr(model, "n_items", None)
-    if model_items is not None and model_items != n_items:
-        raise ValueError(f"the matrices have {n_items} items, the model has {model_items}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    ks = _check_ks(ks)
-    max_k = ks[-1]
-
-    train = _canonical_csr(train_user_items)
-    test = _canonical_csr(test_user_items)
+    if model_items is not None and model_items != test_user_items.shape[1]:
+        raise ValueError(f"the matrices have {test_user_items.shape[1]} items, the model has {model_items}")
+    train, test = _canonical_csr(train_user_items), _canonical_csr(test_user_items)
     overlap = train.multiply(test).nnz
     if overlap:
-        logger.warning(
-            "%d test interactions are also in train; they are filtered from the ranking and "
-            "can never be hits",
-            overlap,
-        )
-    n_test_all = np.diff(test.indptr)
-    user_ids = np.flatnonzero(n_test_all > 0).astype(np.int64)
-    if user_ids.size == 0:
-        raise ValueError("no user has a test item; nothing to evaluate")
-    n_eval = user_ids.size
+        logger.warning("%d test interactions are also in train; they are filtered from the ranking "
+                       "and can never be hits", overlap)
+    return train, test
 
-    start_time = time.perf_counter()
-    recs = np.empty((n_eval, max_k), dtype=np.int64)
-    with tqdm(total=n_eval, unit="user", desc="evaluate", disable=not show_progress) as bar:
-        for start in range(0, n_eval, batch_size):
+
+def _rank_users(model: SupportsRecommend, train: sp.csr_matrix, user_ids: np.ndarray, max_k: int,
+                batch_size: int, fold_in: bool, show_progress: bool) -> np.ndarray:
+    """Each user's top ``max_k`` (train items excluded) from ``model.recommend``: int64 (n, max_k)."""
+    recs = np.empty((user_ids.size, max_k), dtype=np.int64)
+    with tqdm(total=user_ids.size, unit="user", desc="evaluate", disable=not show_progress) as bar:
+        for start in range(0, user_ids.size, batch_size):
             batch = user_ids[start : start + batch_size]
             # rows aligned with the batch: unambiguous for recommend whether or not we fold in
-            ids, _ = model.recommend(
-                batch, train[batch], k=max_k, filter_seen=True, fold_in=fold_in
-            )
+            ids, _ = model.recommend(batch, train[batch], k=max_k, filter_seen=True, fold_in=fold_in)
             ids = np.asarray(ids)
             if ids.shape != (batch.size, max_k):
                 raise ValueError(
@@ -165,9 +180,13 @@ def evaluate_ranking(
                 )
             recs[start : start + batch.size] = ids
             bar.update(batch.size)
+    return recs
 
-    hits = hit_matrix(recs, test[user_ids])
-    n_test = n_test_all[user_ids].astype(np.int64)
+
+def _per_user_metrics(recs: np.ndarray, test_rows: sp.csr_matrix, n_test: np.ndarray,
+                      ks: tuple[int, ...], user_ids: np.ndarray) -> pd.DataFrame:
+    """Every metric at every k for each evaluated user (one row per user)."""
+    hits = hit_matrix(recs, test_rows)
     columns: dict[str, np.ndarray] = {"n_test": n_test}
     for k in ks:
         columns[f"precision@{k}"] = precision_at_k(hits, k)
@@ -176,24 +195,7 @@ def evaluate_ranking(
         columns[f"map@{k}"] = map_at_k(hits, n_test, k)
         columns[f"hitrate@{k}"] = hit_rate_at_k(hits, k)
     columns["mrr"] = mrr(hits)
-    per_user = pd.DataFrame(columns, index=pd.Index(user_ids, name="user_id"))
-
-    summary: dict[str, float] = {}
-    for metric in RANKING_METRICS:
-        for k in ks:
-            summary[f"{metric}@{k}"] = float(per_user[f"{metric}@{k}"].mean())
-    summary["mrr"] = float(per_user["mrr"].mean())
-    for k in ks:
-        summary[f"coverage@{k}"] = coverage_at_k(recs, n_items, k)
-    summary["n_users"] = int(n_eval)
-    logger.info(
-        "evaluated %d of %d users at k=%s in %.1fs",
-        n_eval,
-        n_users,
-        list(ks),
-        time.perf_counter() - start_time,
-    )
-    return RankingResult(summary=summary, per_user=per_user, recommendations=recs)
+    return pd.DataFrame(columns, index=pd.Index(user_ids, name="user_id"))
 
 
 def evaluate_ratings(

@@ -204,6 +204,17 @@ class DotEBMModule(nn.Module):
         return (self.encoder_weight**2).sum() + (self.item_vectors**2).sum()
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _EpochState:
+    """What every training epoch of one ``fit`` shares."""
+
+    user_items: sp.csr_matrix
+    active: np.ndarray
+    generator: torch.Generator
+    optimizer: torch.optim.Optimizer
+    log_proposal: torch.Tensor
+
+
 class DotEBM(EmbeddingMixin, Recommender):
     """Dot-product EBM recommender: ``fit`` a users x items CSR, then ``score``/``recommend``."""
     is_ebm = True
@@ -242,43 +253,10 @@ class DotEBM(EmbeddingMixin, Recommender):
         popularity = np.asarray(user_items.sum(axis=0)).ravel() + 1.0
         proposal = popularity**cfg.proposal_alpha
         log_proposal = torch.from_numpy(np.log(proposal / proposal.sum()).astype(np.float32))
-        max_nll = DIVERGENCE_FACTOR * max(math.log(self.n_items), 1.0)
+        state = _EpochState(user_items, active, generator, optimizer, log_proposal)
 
         def train_epoch(epoch: int) -> dict[str, float]:
-            module.train()
-            order = active[torch.randperm(len(active), generator=generator).numpy()]
-            total, batches, total_nll = 0.0, 0, 0.0
-            for start in range(0, len(order), cfg.batch_size):
-                rows = order[start:start + cfg.batch_size]
-                targets = _dense_rows(user_items, rows)
-                if cfg.user_model == "free":
-                    vectors = module.user_vectors[torch.from_numpy(rows)]
-                else:
-                    vectors = module.encode(targets, generator)
-                if cfg.loss == "exact":
-                    nll = module.exact_loss(vectors, targets)
-                else:
-                    nll = module.sampled_loss(vectors, targets, log_proposal, cfg.n_negatives, generator)
-                loss = nll + cfg.l2 * module.l2_penalty(vectors)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(nll.detach())
-                total_nll += float(nll.detach()) * len(rows)
-                batches += 1
-            self._export_factors(user_items)
-            per_interaction = total_nll / user_items.nnz
-            if per_interaction > max_nll:
-                raise ModelFitError(
-                    f"epoch {epoch}: training diverged: NLL per interaction {per_interaction:.3g} is over "
-                    f"{DIVERGENCE_FACTOR:g}x that of a uniform model ({math.log(self.n_items):.3g}); "
-                    f"lower the learning rate (lr={cfg.lr:g})"
-                )
-            for name in ("user_factors", "item_factors", "item_bias"):
-                if not np.all(np.isfinite(getattr(self, name))):
-                    raise ModelFitError(f"epoch {epoch}: non-finite values in {name}; "
-                                        f"lower the learning rate (lr={cfg.lr:g})")
-            return {"train_nll": total / max(batches, 1)}
+            return self._train_epoch(epoch, state)
 
         validate = None
         if validation is not None:
@@ -301,6 +279,50 @@ class DotEBM(EmbeddingMixin, Recommender):
         return self
 
     @torch.no_grad()
+    def _train_epoch(self, epoch: int, state: _EpochState) -> dict[str, float]:
+        """One pass over the active users in shuffled mini-batches; checks for divergence."""
+        cfg, module = self.config, self.module
+        module.train()
+        order = state.active[torch.randperm(len(state.active), generator=state.generator).numpy()]
+        total, batches, total_nll = 0.0, 0, 0.0
+        for start in range(0, len(order), cfg.batch_size):
+            rows = order[start:start + cfg.batch_size]
+            targets = _dense_rows(state.user_items, rows)
+            if cfg.user_model == "free":
+                vectors = module.user_vectors[torch.from_numpy(rows)]
+            else:
+                vectors = module.encode(targets, state.generator)
+            if cfg.loss == "exact":
+                nll = module.exact_loss(vectors, targets)
+            else:
+                nll = module.sampled_loss(vectors, targets, state.log_proposal, cfg.n_negatives,
+                                          state.generator)
+            loss = nll + cfg.l2 * module.l2_penalty(vectors)
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            state.optimizer.step()
+            total += float(nll.detach())
+            total_nll += float(nll.detach()) * len(rows)
+            batches += 1
+        self._export_factors(state.user_items)
+        self._check_epoch(epoch, total_nll / state.user_items.nnz)
+        return {"train_nll": total / max(batches, 1)}
+
+    def _check_epoch(self, epoch: int, nll_per_interaction: float) -> None:
+        """``ModelFitError`` naming the epoch when training diverged or produced NaN/inf."""
+        lr = self.config.lr
+        max_nll = DIVERGENCE_FACTOR * max(math.log(self.n_items), 1.0)
+        if nll_per_interaction > max_nll:
+            raise ModelFitError(
+                f"epoch {epoch}: training diverged: NLL per interaction {nll_per_interaction:.3g} is "
+                f"over {DIVERGENCE_FACTOR:g}x that of a uniform model ({math.log(self.n_items):.3g}); "
+                f"lower the learning rate (lr={lr:g})"
+            )
+        for name in ("user_factors", "item_factors", "item_bias"):
+            if not np.all(np.isfinite(getattr(self, name))):
+                raise ModelFitError(f"epoch {epoch}: non-finite values in {name}; "
+                                    f"lower the learning rate (lr={lr:g})")
+
     def _export_factors(self, user_items: sp.csr_matrix, batch_size: int = 4096) -> None:
         """Copy parameters to numpy for fast scoring; history users are encoded once here."""
         module = self.module
