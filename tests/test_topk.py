@@ -1,18 +1,28 @@
-"""Exact top-k (topk.top_k) and Gumbel-top-k sampling (sampling.gumbel_top_k)."""
+"""What a ranking may contain and the reference top-k (ranking.topk): ``top_k`` against a
+brute-force sort, the tie rule, padding, item masks, seen-row masking and row alignment.
+
+The sampler (``sample_top_k``) is tested in test_sampling.py, the fast exact selections
+(``heap_top_k``, ``select_top_k``) and ``select`` in test_select.py.
+"""
 
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.stats import chisquare
 
-from recsys_ebm.ranking.sampling import gumbel_top_k, softmax_probabilities
-from recsys_ebm.ranking.topk import top_k
+from recsys_ebm.ranking.topk import (
+    align_rows,
+    apply_masks,
+    canonical_csr,
+    check_k,
+    check_temperature,
+    item_mask,
+    mask_rows,
+    top_k,
+)
 
 
 def _brute_force(scores: np.ndarray, k: int, banned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -25,6 +35,13 @@ def _brute_force(scores: np.ndarray, k: int, banned: np.ndarray) -> tuple[np.nda
         ids[u, : len(ranked)] = ranked
         vals[u, : len(ranked)] = row[ranked]
     return ids, vals
+
+
+def _masked_top_k(scores, k, exclude=None, allowed=None, filter_items=None):
+    """The new spelling of the old ``top_k(scores, k, exclude=, allowed=)``."""
+    scores = scores.copy()
+    apply_masks(scores, exclude, item_mask(scores.shape[1], allowed, filter_items))
+    return top_k(scores, k)
 
 
 @st.composite
@@ -43,16 +60,23 @@ def topk_cases(draw):
     allowed = None
     if draw(st.booleans()):
         allowed = rng.random(n_items) < 0.7
-    return scores, k, banned, allowed
+    blocked = None
+    if draw(st.booleans()):
+        blocked = np.flatnonzero(rng.random(n_items) < 0.2)
+    return scores, k, banned, allowed, blocked
 
 
 @settings(max_examples=200, deadline=None)
 @given(topk_cases())
 def test_top_k_equals_brute_force_sort(case):
-    scores, k, banned, allowed = case
+    scores, k, banned, allowed, blocked = case
     exclude = sp.csr_matrix(banned.astype(np.float32))
-    all_banned = banned | (~allowed[None, :] if allowed is not None else False)
-    ids, vals = top_k(scores.copy(), k, exclude=exclude, allowed=allowed)
+    all_banned = banned.copy()
+    if allowed is not None:
+        all_banned |= ~allowed[None, :]
+    if blocked is not None:
+        all_banned[:, blocked] = True
+    ids, vals = _masked_top_k(scores, k, exclude, allowed, blocked)
     exp_ids, exp_vals = _brute_force(scores, k, all_banned)
     assert ids.shape == vals.shape == (scores.shape[0], k)
     assert ids.dtype == np.int64 and vals.dtype == np.float32
@@ -72,14 +96,14 @@ def test_ties_go_to_the_lower_item_id():
     ids, _ = top_k(scores.copy(), 5)
     np.testing.assert_array_equal(ids, [[1, 2, 3, 4, 0], [0, 1, 2, 3, 4]])
     # the tie at the cut is resolved by id even when a lower-id tied item is excluded
-    ids, _ = top_k(scores.copy(), 2, exclude=sp.csr_matrix(([1.0], ([0], [2])), shape=(2, 6)))
+    ids, _ = _masked_top_k(scores, 2, exclude=sp.csr_matrix(([1.0], ([0], [2])), shape=(2, 6)))
     np.testing.assert_array_equal(ids[0], [1, 3])
 
 
 def test_padding_when_fewer_than_k_eligible_and_k_beyond_catalog():
     scores = np.array([[0.1, 0.5, 0.3, 0.2]], np.float32)
     exclude = sp.csr_matrix(np.array([[0, 1, 0, 1]], np.float32))
-    ids, vals = top_k(scores.copy(), 3, exclude=exclude)
+    ids, vals = _masked_top_k(scores, 3, exclude=exclude)
     np.testing.assert_array_equal(ids, [[2, 0, -1]])
     assert vals[0, :2] == pytest.approx([0.3, 0.1])
     assert np.isneginf(vals[0, 2])
@@ -88,12 +112,91 @@ def test_padding_when_fewer_than_k_eligible_and_k_beyond_catalog():
     assert np.all(np.isneginf(vals[0, 4:]))
 
 
-def test_allowed_as_ids_or_mask():
+def test_allowed_as_ids_or_mask_and_blocked_items():
     scores = np.array([[5.0, 4.0, 3.0, 2.0, 1.0]], np.float32)
-    ids, _ = top_k(scores.copy(), 3, allowed=np.array([4, 1]))
+    ids, _ = _masked_top_k(scores, 3, allowed=np.array([4, 1]))
     np.testing.assert_array_equal(ids, [[1, 4, -1]])
-    ids, _ = top_k(scores.copy(), 2, allowed=np.array([False, False, True, True, True]))
+    ids, _ = _masked_top_k(scores, 2, allowed=np.array([False, False, True, True, True]))
     np.testing.assert_array_equal(ids, [[2, 3]])
+    ids, _ = _masked_top_k(scores, 3, filter_items=[0, 2])
+    np.testing.assert_array_equal(ids, [[1, 3, 4]])
+    # allowed minus blocked
+    ids, _ = _masked_top_k(scores, 3, allowed=[0, 1, 2], filter_items=np.array([1]))
+    np.testing.assert_array_equal(ids, [[0, 2, -1]])
+
+
+def test_item_mask_known_answers():
+    assert item_mask(5) is None
+    np.testing.assert_array_equal(item_mask(5, [3, 1, 3]), [False, True, False, True, False])
+    np.testing.assert_array_equal(item_mask(5, filter_items=[0]), [False, True, True, True, True])
+    np.testing.assert_array_equal(item_mask(4, np.array([True, True, False, True]), [3]),
+                                  [True, True, False, False])
+    np.testing.assert_array_equal(item_mask(3, []), [False, False, False])
+    # a bool mask given as `items` is not modified by filter_items
+    allowed = np.ones(3, bool)
+    item_mask(3, allowed, [0])
+    assert allowed.all()
+
+
+@pytest.mark.parametrize(("args", "error", "match"), [
+    ((4, np.array([-1])), IndexError, "-1"),  # would wrap around to the last item
+    ((4, np.array([4])), IndexError, "4"),
+    ((4, None, [7]), IndexError, "7"),
+    ((4, np.ones(3, bool)), ValueError, "shape"),
+    ((4, np.array([0.5])), ValueError, "integers"),
+])
+def test_item_mask_rejects_bad_ids(args, error, match):
+    with pytest.raises(error, match=match):
+        item_mask(*args)
+
+
+def test_mask_rows_with_an_offset_masks_the_right_rows():
+    exclude = sp.csr_matrix(np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], np.float32))
+    scores = np.zeros((2, 3), np.float32)
+    mask_rows(scores, exclude, start=1)  # rows 1 and 2 of exclude
+    np.testing.assert_array_equal(np.isneginf(scores), [[False, True, False], [False, False, True]])
+    scores = np.zeros((1, 3), np.float32)
+    mask_rows(scores, exclude, start=3)
+    np.testing.assert_array_equal(np.isneginf(scores), [[True, True, False]])
+    untouched = np.ones((2, 3), np.float32)
+    mask_rows(untouched, None)
+    mask_rows(untouched, sp.csr_matrix((2, 3)))
+    assert (untouched == 1).all()
+
+
+def test_apply_masks_handles_unsorted_duplicate_entries():
+    # a CSR with unsorted, duplicate column indices: canonicalised, never misread
+    exclude = sp.csr_matrix((np.ones(3, np.float32), np.array([2, 0, 2]), np.array([0, 3, 3])), shape=(2, 4))
+    assert not exclude.has_canonical_format
+    scores = np.zeros((2, 4), np.float32)
+    apply_masks(scores, exclude, np.array([True, True, True, False]))
+    np.testing.assert_array_equal(np.isneginf(scores), [[True, False, True, True], [False, False, False, True]])
+    fixed = canonical_csr(exclude)
+    assert fixed.has_canonical_format and fixed.nnz == 2
+    assert not exclude.has_canonical_format  # the input was copied, not changed
+    with pytest.raises(ValueError, match="shape"):
+        canonical_csr(exclude, (3, 4))
+    with pytest.raises(ValueError, match="sparse"):
+        canonical_csr(np.zeros((2, 4)))
+
+
+def test_align_rows_indexed_or_aligned():
+    full = sp.csr_matrix(np.arange(12, dtype=np.float32).reshape(4, 3))
+    users = np.array([2, 0])
+    # (n_users, n_items): indexed by the ids
+    np.testing.assert_array_equal(align_rows(full, users, 4).toarray(), full.toarray()[[2, 0]])
+    # (len(user_ids), n_items): already aligned
+    two = full[:2]
+    np.testing.assert_array_equal(align_rows(two, users, 4).toarray(), two.toarray())
+    # both counts agree: indexed, unless aligned (fold-in)
+    same = np.array([3, 1, 0, 2])
+    np.testing.assert_array_equal(align_rows(full, same, 4).toarray(), full.toarray()[same])
+    np.testing.assert_array_equal(align_rows(full, same, 4, aligned=True).toarray(), full.toarray())
+    assert align_rows(None, users, 4) is None
+    with pytest.raises(ValueError, match="3 rows"):
+        align_rows(full[:3], users, 4)
+    with pytest.raises(IndexError, match="5"):
+        align_rows(full, np.array([5, 0, 1, 2]), 4)
 
 
 def test_large_negative_float64_scores_are_not_taken_for_padding():
@@ -115,17 +218,7 @@ def test_empty_user_batch():
         ({"scores": np.zeros((1, 2, 3), np.float32), "k": 2}, ValueError),
         ({"scores": np.zeros((2, 4), np.float32), "k": 0}, ValueError),
         ({"scores": np.zeros((2, 4), np.float32), "k": 2.5}, ValueError),
-        (
-            {"scores": np.zeros((2, 4), np.float32), "k": 2, "exclude": sp.csr_matrix((3, 4))},
-            ValueError,
-        ),
-        (
-            {"scores": np.zeros((2, 4), np.float32), "k": 2, "exclude": sp.csr_matrix((2, 5))},
-            ValueError,
-        ),
-        ({"scores": np.zeros((2, 4), np.float32), "k": 2, "allowed": np.ones(3, bool)}, ValueError),
-        ({"scores": np.zeros((2, 4), np.float32), "k": 2, "allowed": np.array([-1])}, IndexError),
-        ({"scores": np.zeros((2, 4), np.float32), "k": 2, "allowed": np.array([4])}, IndexError),
+        ({"scores": np.zeros((2, 4), np.float32), "k": "3"}, ValueError),
     ],
 )
 def test_bad_arguments_raise(kwargs, error):
@@ -133,99 +226,18 @@ def test_bad_arguments_raise(kwargs, error):
         top_k(**kwargs)
 
 
-# ------------------------------------------------------------------------- gumbel_top_k
+@pytest.mark.parametrize("exclude", [sp.csr_matrix((3, 4)), sp.csr_matrix((2, 5))])
+def test_apply_masks_rejects_a_misaligned_exclude(exclude):
+    with pytest.raises(ValueError, match="shape"):
+        apply_masks(np.zeros((2, 4), np.float32), exclude, None)
 
 
-def test_zero_temperature_is_exact_top_k():
-    rng = np.random.default_rng(3)
-    scores = rng.normal(size=(6, 30)).astype(np.float32)
-    exclude = sp.random(6, 30, density=0.3, format="csr", random_state=rng)
-    exp = top_k(scores.copy(), 8, exclude=exclude)
-    got = gumbel_top_k(scores.copy(), 8, 0.0, np.random.default_rng(0), exclude=exclude)
-    np.testing.assert_array_equal(got[0], exp[0])
-    np.testing.assert_array_equal(got[1], exp[1])
-    # a vanishing positive temperature also gives the top-k, even when every score / T is
-    # below float32's range (regression: those items used to come back as -1 padding)
-    negative = -np.abs(scores) - 1.0
-    exp_neg = top_k(negative.copy(), 8, exclude=exclude)
-    tiny = gumbel_top_k(negative.copy(), 8, 1e-40, np.random.default_rng(0), exclude=exclude)
-    np.testing.assert_array_equal(tiny[0], exp_neg[0])
-    assert np.all(tiny[0] >= 0)
-
-
-def test_sampling_never_returns_seen_items_and_pads():
-    rng = np.random.default_rng(4)
-    scores = rng.normal(size=(400, 12)).astype(np.float32)
-    seen = rng.random((400, 12)) < 0.5
-    seen[0] = True  # nothing eligible
-    seen[1, :11] = True  # one eligible item
-    ids, vals = gumbel_top_k(
-        scores.copy(), 5, 2.0, rng, exclude=sp.csr_matrix(seen.astype(np.float32))
-    )
-    drawn = ids >= 0
-    assert not np.any(seen[np.nonzero(drawn)[0], ids[drawn]])
-    np.testing.assert_array_equal(drawn.sum(axis=1), np.minimum((~seen).sum(axis=1), 5))
-    np.testing.assert_array_equal(ids[0], [-1] * 5)
-    np.testing.assert_array_equal(ids[1], [11, -1, -1, -1, -1])
-    assert np.all(np.isneginf(vals[~drawn]))
-    np.testing.assert_array_equal(vals[drawn], scores[np.nonzero(drawn)[0], ids[drawn]])
-    # distinct items within a row
-    srt = np.sort(ids, axis=1)
-    assert not np.any((srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0))
-
-
-def test_same_seed_same_draws():
-    scores = np.random.default_rng(5).normal(size=(50, 20)).astype(np.float32)
-    a = gumbel_top_k(scores.copy(), 4, 1.0, np.random.default_rng(11))
-    b = gumbel_top_k(scores.copy(), 4, 1.0, np.random.default_rng(11))
-    c = gumbel_top_k(scores.copy(), 4, 1.0, np.random.default_rng(12))
-    np.testing.assert_array_equal(a[0], b[0])
-    assert not np.array_equal(a[0], c[0])
-
-
-@pytest.mark.parametrize("masked", [None, 1])
-def test_single_draw_frequencies_follow_softmax(masked):
-    scores = np.array([0.5, -1.0, 1.2, 0.0, 2.0], np.float32)
-    temperature, n_draws = 0.7, 20000
-    tiled = np.tile(scores, (n_draws, 1))
-    exclude = None
-    if masked is not None:
-        exclude = sp.csr_matrix(
-            ([1.0] * n_draws, (np.arange(n_draws), [masked] * n_draws)), shape=tiled.shape
-        )
-    ids, _ = gumbel_top_k(tiled, 1, temperature, np.random.default_rng(2024), exclude=exclude)
-    counts = np.bincount(ids[:, 0], minlength=scores.size)
-    target = scores.astype(np.float64).copy()
-    if masked is not None:
-        assert counts[masked] == 0
-        target[masked] = -np.inf
-    p = softmax_probabilities(target[None, :], temperature)[0]
-    keep = p > 0
-    assert chisquare(counts[keep], n_draws * p[keep]).pvalue > 1e-3
-
-
-def test_two_draws_without_replacement_match_sequential_enumeration():
-    scores = np.array([1.0, 0.2, -0.5, 0.6])
-    temperature, n_draws = 0.8, 20000
-    p = softmax_probabilities(scores[None, :], temperature)[0]
-    # sequential sampling: P(first = i, second = j) = p_i * p_j / (1 - p_i)
-    pairs = list(itertools.permutations(range(4), 2))
-    p_pair = np.array([p[i] * p[j] / (1 - p[i]) for i, j in pairs])
-    p_incl = np.array(
-        [
-            sum(pp for (i, j), pp in zip(pairs, p_pair, strict=True) if item in (i, j))
-            for item in range(4)
-        ]
-    )
-    assert p_pair.sum() == pytest.approx(1.0)
-    assert p_incl.sum() == pytest.approx(2.0)
-
-    ids, _ = gumbel_top_k(np.tile(scores, (n_draws, 1)), 2, temperature, np.random.default_rng(7))
-    incl = np.bincount(ids.ravel(), minlength=4) / n_draws
-    # each inclusion frequency within 4.5 standard errors of the enumerated probability
-    se = np.sqrt(p_incl * (1 - p_incl) / n_draws)
-    assert np.all(np.abs(incl - p_incl) < 4.5 * se)
-    pair_index = {pair: n for n, pair in enumerate(pairs)}
-    codes = np.array([pair_index[(int(a), int(b))] for a, b in ids])
-    counts = np.bincount(codes, minlength=len(pairs))
-    assert chisquare(counts, n_draws * p_pair).pvalue > 1e-3
+def test_check_k_and_temperature():
+    assert check_k(np.int64(3)) == 3
+    for bad in (0, -1, 2.0, None, True - 2):
+        with pytest.raises(ValueError):
+            check_k(bad)
+    assert check_temperature(0) == 0.0 and check_temperature(np.float32(0.5)) == 0.5
+    for bad in (-1e-9, float("nan"), float("inf"), "warm", None):
+        with pytest.raises(ValueError):
+            check_temperature(bad)

@@ -278,7 +278,6 @@ class DotEBM(EmbeddingMixin, Recommender):
         )
         return self
 
-    @torch.no_grad()
     def _train_epoch(self, epoch: int, state: _EpochState) -> dict[str, float]:
         """One pass over the active users in shuffled mini-batches; checks for divergence."""
         cfg, module = self.config, self.module
@@ -323,6 +322,7 @@ class DotEBM(EmbeddingMixin, Recommender):
                 raise ModelFitError(f"epoch {epoch}: non-finite values in {name}; "
                                     f"lower the learning rate (lr={lr:g})")
 
+    @torch.no_grad()
     def _export_factors(self, user_items: sp.csr_matrix, batch_size: int = 4096) -> None:
         """Copy parameters to numpy for fast scoring; history users are encoded once here."""
         module = self.module
