@@ -9,15 +9,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from recsys_ebm.models.crbm import (
-    CRBM,
-    CaseBatch,
-    CaseData,
-    CRBMConfig,
-    CRBMModule,
-    _csr_lookup,
-    _ranges,
-)
+from recsys_ebm.models.crbm import CRBM, CaseData, CRBMConfig
+from recsys_ebm.models.crbm.cases import CaseBatch, csr_lookup, ranges
+from recsys_ebm.models.crbm.module import CRBMModule
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -184,9 +178,9 @@ def test_conditional_term_only_shifts_hidden_biases():
 
 
 def test_ranges_and_csr_lookup():
-    np.testing.assert_array_equal(_ranges(np.array([2, 5, 5]), np.array([4, 5, 8])), [2, 3, 5, 6, 7])
+    np.testing.assert_array_equal(ranges(np.array([2, 5, 5]), np.array([4, 5, 8])), [2, 3, 5, 6, 7])
     m = sp.csr_matrix(np.array([[0, 3, 0], [1, 0, 2]]))
-    got = _csr_lookup(m.indptr, m.indices, m.data, np.array([0, 0, 1, 1]), np.array([1, 2, 0, 2]))
+    got = csr_lookup(m.indptr, m.indices, m.data, np.array([0, 0, 1, 1]), np.array([1, 2, 0, 2]))
     np.testing.assert_array_equal(got, [3, -1, 1, 2])
 
 
