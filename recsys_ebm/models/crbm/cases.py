@@ -17,6 +17,33 @@ import scipy.sparse as sp
 import torch
 
 
+def to_cases(matrix: sp.csr_matrix, orientation: str) -> sp.csr_matrix:
+    """users x items -> cases x units for ``orientation`` ("item": transposed, "user": as is)."""
+    return sp.csr_matrix(matrix.T) if orientation == "item" else sp.csr_matrix(matrix)
+
+
+def pairs_to_cases(user_ids: np.ndarray, item_ids: np.ndarray, orientation: str
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(user, item) pairs -> (case, unit) pairs for ``orientation``."""
+    return (item_ids, user_ids) if orientation == "item" else (user_ids, item_ids)
+
+
+def rating_levels(ratings: sp.csr_matrix, levels: np.ndarray) -> sp.csr_matrix:
+    """Copy of ``ratings`` with values replaced by the index + 1 of the nearest of ``levels``
+    (so no level is a zero); ``ValueError`` for a rating that is none of them."""
+    values = ratings.data.astype(np.float64)
+    pos = np.clip(np.searchsorted(levels, values), 0, len(levels) - 1)
+    left = np.clip(pos - 1, 0, len(levels) - 1)
+    pos = np.where(np.abs(levels[left] - values) < np.abs(levels[pos] - values), left, pos)
+    bad = np.abs(levels[pos] - values) > 1e-4
+    if np.any(bad):
+        raise ValueError(f"rating {values[bad][0]:g} is not one of the model's levels "
+                         f"{levels.tolist()}; set CRBMConfig.levels")
+    out = ratings.copy()
+    out.data = (pos + 1).astype(np.float32)
+    return out
+
+
 def ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
     """Concatenation of ``arange(starts[j], stops[j])`` over j, int64, without a Python loop."""
     lengths = (stops - starts).astype(np.int64)

@@ -16,10 +16,17 @@ import torch.nn.functional as fn
 
 from recsys_ebm.io import save_model_dir
 from recsys_ebm.models.base import EpochCallback, Recommender, check_user_ids, check_user_items
-from recsys_ebm.models.crbm.cases import CaseBatch, CaseData, carve, pattern
+from recsys_ebm.models.crbm.cases import (
+    CaseData,
+    carve,
+    pairs_to_cases,
+    pattern,
+    rating_levels,
+    to_cases,
+)
 from recsys_ebm.models.crbm.config import CRBMConfig
 from recsys_ebm.models.crbm.module import CHUNK_ELEMENTS, CRBMModule, initial_visible_bias
-from recsys_ebm.models.crbm.trainer import TrainingMonitor
+from recsys_ebm.models.crbm.trainer import CDTrainer, TrainingMonitor
 from recsys_ebm.models.training import TrainingHistory, run_training
 
 logger = logging.getLogger(__name__)
@@ -83,27 +90,6 @@ class CRBM(Recommender):
         return self.config.conditional and self.config.include_queries
 
     # ------------------------------------------------------------------ input handling
-    def _to_cases(self, matrix: sp.csr_matrix) -> sp.csr_matrix:
-        """users x items -> cases x units for the configured orientation."""
-        return sp.csr_matrix(matrix.T) if self.config.orientation == "item" else sp.csr_matrix(matrix)
-
-    def _pairs_to_cases(self, user_ids: np.ndarray, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return (item_ids, user_ids) if self.config.orientation == "item" else (user_ids, item_ids)
-
-    def _rating_levels(self, ratings: sp.csr_matrix) -> sp.csr_matrix:
-        """Copy of ``ratings`` with values replaced by level index + 1 (so no level is a zero)."""
-        values = ratings.data.astype(np.float64)
-        pos = np.clip(np.searchsorted(self.levels, values), 0, len(self.levels) - 1)
-        left = np.clip(pos - 1, 0, len(self.levels) - 1)
-        pos = np.where(np.abs(self.levels[left] - values) < np.abs(self.levels[pos] - values), left, pos)
-        bad = np.abs(self.levels[pos] - values) > 1e-4
-        if np.any(bad):
-            raise ValueError(f"rating {values[bad][0]:g} is not one of the model's levels "
-                             f"{self.levels.tolist()}; set CRBMConfig.levels")
-        out = ratings.copy()
-        out.data = (pos + 1).astype(np.float32)
-        return out
-
     def _check_ratings(self, ratings, name: str = "ratings") -> sp.csr_matrix:
         ratings = check_user_items(ratings)
         ratings.sum_duplicates()
@@ -135,6 +121,23 @@ class CRBM(Recommender):
         ``fe_gap`` (free energy per rating of each case's validation ratings vs an equal-sized
         random subset of its training ratings: grows when the model overfits), ``lr``, ``cd_k``.
         """
+        level_csr = self._set_levels(user_items)
+        extra = None
+        if implicit is not None:
+            extra = check_user_items(implicit, n_rows=self.n_users, n_items=self.n_items)
+        train_csr, val_csr = self._validation_split(level_csr, validation)
+        queries = extra
+        if self.uses_query_pattern and val_csr is not None:
+            queries = pattern(val_csr) if queries is None else pattern(queries + pattern(val_csr))
+        history = self._train(train_csr, val_csr, queries, self.config.epochs, callback, show_progress)
+        if self.config.refit and val_csr is not None and validation is None:
+            history = self._refit_on_all_ratings(level_csr, extra, history.best_epoch, callback,
+                                                 show_progress)
+        self.history = history
+        return self
+
+    def _set_levels(self, user_items) -> sp.csr_matrix:
+        """Check the training ratings, set the shape and rating levels; the level CSR."""
         cfg = self.config
         ratings = self._check_ratings(user_items)
         if ratings.nnz == 0:
@@ -145,27 +148,37 @@ class CRBM(Recommender):
         if len(self.levels) < 2:
             raise ValueError(f"the ratings have a single value {self.levels.tolist()}; "
                              "the CRBM needs at least 2 rating levels (set CRBMConfig.levels)")
-        level_csr = self._rating_levels(ratings)
-        extra = None
-        if implicit is not None:
-            extra = check_user_items(implicit, n_rows=self.n_users, n_items=self.n_items)
+        return rating_levels(ratings, self.levels)
+
+    def _validation_split(self, level_csr: sp.csr_matrix, validation: sp.csr_matrix | None
+                          ) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
+        """(train, validation) level CSRs: the given validation ratings, a seeded carve of
+        ``val_fraction`` of the training ratings, or no validation."""
+        cfg = self.config
         if validation is not None:
             validation = self._check_ratings(validation, "validation")
             check_user_items(validation, n_rows=self.n_users, n_items=self.n_items)
-            train_csr, val_csr = level_csr, self._rating_levels(validation)
-        elif cfg.val_fraction > 0:
-            train_csr, val_csr = carve(level_csr, cfg.val_fraction, np.random.default_rng([cfg.seed, 1]))
-        else:
-            train_csr, val_csr = level_csr, None
-        queries = extra
-        if self.uses_query_pattern and val_csr is not None:
-            queries = pattern(val_csr) if queries is None else pattern(queries + pattern(val_csr))
-        history = self._train(train_csr, val_csr, queries, cfg.epochs, callback, show_progress)
-        if cfg.refit and val_csr is not None and validation is None:
-            logger.info("refitting on all %d ratings for %d epochs", level_csr.nnz, history.best_epoch)
-            history = self._train(level_csr, None, extra, history.best_epoch, callback, show_progress)
-        self.history = history
-        return self
+            return level_csr, rating_levels(validation, self.levels)
+        if cfg.val_fraction > 0:
+            return carve(level_csr, cfg.val_fraction, np.random.default_rng([cfg.seed, 1]))
+        return level_csr, None
+
+    def _refit_on_all_ratings(self, level_csr: sp.csr_matrix, implicit: sp.csr_matrix | None,
+                              epochs: int, callback: EpochCallback | None,
+                              show_progress: bool) -> TrainingHistory:
+        """The ``refit`` option: after early stopping on ratings carved from the training ones,
+        train again from scratch (same seed) on all of them for the best epoch count found."""
+        logger.info("refitting on all %d ratings for %d epochs", level_csr.nnz, epochs)
+        return self._train(level_csr, None, implicit, epochs, callback, show_progress)
+
+    def _training_cases(self, train_csr: sp.csr_matrix, queries: sp.csr_matrix | None) -> CaseData:
+        """The cases of a level CSR; with ``include_queries`` the asked pairs join r."""
+        cfg = self.config
+        cases = to_cases(train_csr, cfg.orientation)
+        r_csr = None
+        if cfg.conditional and cfg.include_queries and queries is not None:
+            r_csr = pattern(pattern(cases) + to_cases(pattern(queries), cfg.orientation))
+        return CaseData.from_csr(cases, r_csr)
 
     def _train(self, train_csr: sp.csr_matrix, val_csr: sp.csr_matrix | None,
                queries: sp.csr_matrix | None, epochs: int, callback: EpochCallback | None,
@@ -173,11 +186,7 @@ class CRBM(Recommender):
         """One training run on a level CSR (users x items, values level + 1)."""
         cfg = self.config
         generator = torch.Generator().manual_seed(cfg.seed)
-        cases = self._to_cases(train_csr)
-        r_csr = None
-        if cfg.conditional and cfg.include_queries and queries is not None:
-            r_csr = pattern(pattern(cases) + self._to_cases(pattern(queries)))
-        data = CaseData.from_csr(cases, r_csr)
+        data = self._training_cases(train_csr, queries)
         n_levels = len(self.levels)
         module = CRBMModule(data.n_units, n_levels, cfg.n_hidden, cfg.conditional, generator, cfg.init_std)
         module.requires_grad_(False)
@@ -186,44 +195,19 @@ class CRBM(Recommender):
         # with ema the model predicts with (and early-stops on) the averaged weights
         average = copy.deepcopy(module) if cfg.ema > 0 else module
         self.module, self.data = average, data
-        velocity = {name: torch.zeros_like(p) for name, p in module.named_parameters()}
-        active = np.flatnonzero(np.diff(data.indptr) > 0)
-        fantasy = torch.from_numpy(data.levels.copy()) if cfg.persistent else None
+        trainer = CDTrainer(cfg, module, average, data, generator)
         monitor = TrainingMonitor(self, data, val_csr, np.random.default_rng([cfg.seed, 2]))
 
         def train_epoch(epoch: int) -> dict[str, float]:
-            k = cfg.cd_k(epoch)
-            lr = cfg.lr * cfg.lr_decay ** (epoch - 1)
-            momentum = cfg.momentum_start if epoch <= cfg.momentum_epochs else cfg.momentum
-            order = active[torch.randperm(len(active), generator=generator).numpy()]
-            recon, n_entries = 0.0, 0
-            for start in range(0, len(order), cfg.batch_size):
-                batch = data.batch(order[start:start + cfg.batch_size])
-                start_levels = fantasy[batch.positions] if fantasy is not None else None
-                grads, chain, err = module.cd_gradients(batch, k, generator, start_levels, cfg.mean_field)
-                if fantasy is not None:
-                    fantasy[batch.positions] = chain
-                recon += err
-                n_entries += len(batch.units)
-                self._apply_update(module, grads, batch, velocity, lr, momentum)
-                if average is not module:
-                    with torch.no_grad():
-                        for avg, param in zip(average.parameters(), module.parameters(), strict=True):
-                            avg.mul_(cfg.ema).add_(param, alpha=1.0 - cfg.ema)
-            self._x = None
-            schedule.update(lr=lr, cd_k=float(k))
-            return {"recon_error": recon / max(n_entries, 1)}
-
-        schedule: dict[str, float] = {}
-
-        def validate() -> dict[str, float]:
-            # validation first so that the progress bar shows val_rmse
-            return {**monitor.metrics(), **schedule}
+            metrics = trainer.epoch(epoch)
+            self._x = None  # the weights changed
+            return metrics
 
         history = run_training(
             train_epoch,
             epochs=epochs,
-            validate=validate,
+            # validation first so that the progress bar shows val_rmse
+            validate=lambda: {**monitor.metrics(), **trainer.schedule},
             monitor="val_rmse" if val_csr is not None else None,
             mode="min",
             patience=cfg.patience,
@@ -235,28 +219,6 @@ class CRBM(Recommender):
         )
         self._x = None
         return history
-
-    @torch.no_grad()
-    def _apply_update(self, module: CRBMModule, grads: dict[str, torch.Tensor], batch: CaseBatch,
-                      velocity: dict[str, torch.Tensor], lr: float, momentum: float) -> None:
-        """Momentum step on the CD gradients, each row divided by the cases that touched it."""
-        cfg = self.config
-        touched = torch.bincount(batch.units, minlength=module.n_units).to(module.c.dtype)
-        scale = 1.0 / touched.clamp_min(1.0)
-        mask = (touched > 0).to(module.c.dtype)
-        steps = {
-            "W": grads["W"] * scale[:, None, None] - cfg.weight_decay * module.W * mask[:, None, None],
-            "b": grads["b"] * scale[:, None],
-            "c": grads["c"] / batch.n_cases,
-        }
-        if module.D is not None:
-            r_touched = torch.bincount(batch.r_units, minlength=module.n_units).to(module.c.dtype)
-            r_mask = (r_touched > 0).to(module.c.dtype)
-            steps["D"] = grads["D"] / r_touched.clamp_min(1.0)[:, None] - cfg.weight_decay * module.D * r_mask[:, None]
-        for name, param in module.named_parameters():
-            v = velocity[name]
-            v.mul_(momentum).add_(steps[name], alpha=lr)
-            param.add_(v)
 
     # ------------------------------------------------------------------ inference internals
     def _require_fitted(self) -> None:
@@ -318,7 +280,7 @@ class CRBM(Recommender):
         items = _check_item_ids(item_ids, self.n_items)
         if users.shape != items.shape:
             raise ValueError(f"user_ids {users.shape} and item_ids {items.shape} must align")
-        cases, units = self._pairs_to_cases(users, items)
+        cases, units = pairs_to_cases(users, items, self.config.orientation)
         proba = self._log_proba_cases(cases, units, self.uses_query_pattern).double().exp()
         return (proba / proba.sum(1, keepdim=True)).numpy()
 
@@ -347,7 +309,6 @@ class CRBM(Recommender):
         rated get the distribution given the user's other ratings.
         """
         self._require_fitted()
-        module = self.module
         if user_items is None:
             users = check_user_ids(user_ids, self.n_users)
             fold = None
@@ -355,56 +316,73 @@ class CRBM(Recommender):
             users = check_user_ids(user_ids, None)
             fold = self._check_ratings(user_items, "user_items")
             check_user_items(fold, n_rows=len(users), n_items=self.n_items)
-            fold = self._rating_levels(fold)
+            fold = rating_levels(fold, self.levels)
             fold.sort_indices()
-        all_items = torch.arange(self.n_items)
         if self.config.orientation == "user":
-            if fold is None:
-                x = self._case_inputs()[torch.from_numpy(users)]
-                ratings = sp.csr_matrix(
-                    (self.data.levels + 1, self.data.indices, self.data.indptr),
-                    shape=(self.data.n_cases, self.n_items))[users]
-            else:
-                case_data = CaseData.from_csr(fold, None)
-                x = module.hidden_input(case_data.batch(np.arange(len(users))))
-                ratings = fold
-            log_p = module.log_proba_grid(x, all_items)
-            rows = np.repeat(np.arange(len(users)), np.diff(ratings.indptr))
-            if len(rows):
-                # rated items: predicted from the user's other ratings
-                levels = torch.from_numpy(np.rint(ratings.data).astype(np.int64) - 1)
-                item_t = torch.from_numpy(ratings.indices.astype(np.int64))
-                x_loo = x[torch.from_numpy(rows)] - module.W[item_t, levels]
-                log_p[torch.from_numpy(rows), item_t] = module.log_proba_pairs(x_loo, item_t)
-            return log_p.exp().float().numpy()
-        # item orientation: cases are items, the users are visible units
-        x_items = self._case_inputs()
+            log_p = self._log_proba_all_user_cases(users, fold)
+        elif fold is None:
+            log_p = self._log_proba_all_trained_users(users)
+        else:
+            log_p = self._log_proba_all_new_users(fold)
+        return log_p.exp().float().numpy()
+
+    def _training_levels(self) -> sp.csr_matrix:
+        """The trained cases' ratings as a cases x units CSR of level + 1."""
+        data = self.data
+        return sp.csr_matrix((data.levels + 1, data.indices, data.indptr), shape=(data.n_cases, data.n_units))
+
+    def _log_proba_all_user_cases(self, users: np.ndarray, fold: sp.csr_matrix | None) -> torch.Tensor:
+        """User orientation: log p (n, n_items, K) from the trained cases or the fold-in rows."""
+        module = self.module
         if fold is None:
-            log_p = module.log_proba_grid(x_items, torch.from_numpy(users)).transpose(0, 1)
-            user_rows = sp.csr_matrix(
-                (self.data.levels + 1, self.data.indices, self.data.indptr),
-                shape=(self.data.n_cases, self.n_users)).T.tocsr()[users]
-            rows = np.repeat(np.arange(len(users)), np.diff(user_rows.indptr))
-            if len(rows):
-                items = user_rows.indices.astype(np.int64)
-                log_p[torch.from_numpy(rows), torch.from_numpy(items)] = self._log_proba_cases(
-                    items, users[rows], with_queries=False)
-            return log_p.exp().float().numpy()
+            x = self._case_inputs()[torch.from_numpy(users)]
+            ratings = self._training_levels()[users]
+        else:
+            case_data = CaseData.from_csr(fold, None)
+            x = module.hidden_input(case_data.batch(np.arange(len(users))))
+            ratings = fold
+        log_p = module.log_proba_grid(x, torch.arange(self.n_items))
+        rows = np.repeat(np.arange(len(users)), np.diff(ratings.indptr))
+        if len(rows):
+            # rated items: predicted from the user's other ratings
+            levels = torch.from_numpy(np.rint(ratings.data).astype(np.int64) - 1)
+            item_t = torch.from_numpy(ratings.indices.astype(np.int64))
+            x_loo = x[torch.from_numpy(rows)] - module.W[item_t, levels]
+            log_p[torch.from_numpy(rows), item_t] = module.log_proba_pairs(x_loo, item_t)
+        return log_p
+
+    def _log_proba_all_trained_users(self, users: np.ndarray) -> torch.Tensor:
+        """Item orientation, trained users (visible units of the item cases): (n, n_items, K)."""
+        x_items = self._case_inputs()
+        log_p = self.module.log_proba_grid(x_items, torch.from_numpy(users)).transpose(0, 1)
+        user_rows = self._training_levels().T.tocsr()[users]
+        rows = np.repeat(np.arange(len(users)), np.diff(user_rows.indptr))
+        if len(rows):
+            items = user_rows.indices.astype(np.int64)
+            log_p[torch.from_numpy(rows), torch.from_numpy(items)] = self._log_proba_cases(
+                items, users[rows], with_queries=False)
+        return log_p
+
+    def _log_proba_all_new_users(self, fold: sp.csr_matrix) -> torch.Tensor:
+        """Item orientation, users folded in from a level CSR ``fold``: (n, n_items, K)."""
+        module = self.module
+        x_items = self._case_inputs()
         weights, bias = self._fold_in_users(fold, x_items)
-        out = torch.empty(len(users), self.n_items, len(self.levels), dtype=module.c.dtype)
+        n_users = fold.shape[0]
+        out = torch.empty(n_users, self.n_items, len(self.levels), dtype=module.c.dtype)
         F = module.n_hidden
         step = max(1, CHUNK_ELEMENTS // (self.n_items * len(self.levels) * F))
-        for start in range(0, len(users), step):
+        for start in range(0, n_users, step):
             w = weights[start:start + step]  # (u, K, F)
             act = fn.softplus(x_items[None, :, None, :] + w[:, None]).sum(3) + bias[start:start + step, None]
             out[start:start + step] = torch.log_softmax(act, dim=2)
-        rows = np.repeat(np.arange(len(users)), np.diff(fold.indptr))
+        rows = np.repeat(np.arange(n_users), np.diff(fold.indptr))
         if len(rows):
             items = torch.from_numpy(fold.indices.astype(np.int64))
             # new users are not in the trained item cases, so there is nothing to leave out
             act = fn.softplus(x_items[items][:, None, :] + weights[torch.from_numpy(rows)]).sum(2)
             out[torch.from_numpy(rows), items] = torch.log_softmax(act + bias[torch.from_numpy(rows)], 1)
-        return out.exp().float().numpy()
+        return out
 
     def _fold_in_users(self, fold: sp.csr_matrix, x_items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Visible weights (n, K, F) and biases (n, K) of new users (item orientation), fitted to
@@ -470,7 +448,7 @@ class CRBM(Recommender):
             ids = check_user_ids(case_ids, None)
             ratings = self._check_ratings(ratings)
             check_user_items(ratings, n_rows=len(ids), n_items=self.data.n_units)
-            batch = CaseData.from_csr(self._rating_levels(ratings), None).batch(np.arange(len(ids)))
+            batch = CaseData.from_csr(rating_levels(ratings, self.levels), None).batch(np.arange(len(ids)))
         return self.module.free_energy(batch).double().numpy()
 
     # ------------------------------------------------------------------ persistence

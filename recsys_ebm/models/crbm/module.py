@@ -129,39 +129,46 @@ class CRBMModule(nn.Module):
         recon_sq_error : sum over entries of ||onehot(v) - p(v | h ~ p(h | V))||^2, the
             one-step reconstruction error of the data
         """
-        K, F = self.n_levels, self.n_hidden
         d = self.conditional_input(batch)
-        flat = self.W.reshape(-1, F)
-        data_idx = batch.units * K + batch.levels
-
-        def hidden_probs(levels: torch.Tensor) -> torch.Tensor:
-            x = self.c.expand(batch.n_cases, -1).clone()
-            x = x.index_add(0, batch.case_of, flat[batch.units * K + levels]) + d
-            return torch.sigmoid(x)
-
-        ph_data = hidden_probs(batch.levels)
-        h = (torch.rand(ph_data.shape, generator=generator, dtype=ph_data.dtype) < ph_data).to(ph_data.dtype)
+        ph_data = self._hidden_probs(batch, batch.levels, d)
+        h = _sample_hidden(ph_data, generator)
         probs = torch.softmax(self.visible_logits(h, batch), dim=1)
-        onehot = fn.one_hot(batch.levels, K).to(probs.dtype)
+        onehot = fn.one_hot(batch.levels, self.n_levels).to(probs.dtype)
         recon = float(((onehot - probs) ** 2).sum())
         if start_levels is None:
             levels = _sample_categorical(probs, generator)
-            ph_model = hidden_probs(levels)
+            ph_model = self._hidden_probs(batch, levels, d)
         else:
-            levels, ph_model = start_levels, hidden_probs(start_levels)
+            levels, ph_model = start_levels, self._hidden_probs(batch, start_levels, d)
             k += 1  # the first step from the data above only measured the reconstruction
         for _ in range(k - 1):
-            h = (torch.rand(ph_model.shape, generator=generator, dtype=ph_model.dtype) < ph_model)
-            probs = torch.softmax(self.visible_logits(h.to(ph_model.dtype), batch), dim=1)
+            probs = torch.softmax(self.visible_logits(_sample_hidden(ph_model, generator), batch), dim=1)
             levels = _sample_categorical(probs, generator)
-            ph_model = hidden_probs(levels)
-
-        grad_w = torch.zeros(self.n_units * K, F, dtype=flat.dtype)
-        grad_w.index_add_(0, data_idx, ph_data[batch.case_of])
-        grad_b = torch.zeros(self.n_units * K, dtype=flat.dtype)
-        ones = torch.ones(len(data_idx), dtype=flat.dtype)
-        grad_b.index_add_(0, data_idx, ones)
+            ph_model = self._hidden_probs(batch, levels, d)
         if mean_field and start_levels is None:
+            return self._cd_statistics(batch, d, ph_data, levels, probs), levels, recon
+        return self._cd_statistics(batch, d, ph_data, levels, None, ph_model), levels, recon
+
+    def _hidden_probs(self, batch: CaseBatch, levels: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """p(h = 1 | V, r) for the batch's units at ``levels`` (nnz,), d = its conditional input."""
+        flat = self.W.reshape(-1, self.n_hidden)
+        x = self.c.expand(batch.n_cases, -1).clone()
+        x = x.index_add(0, batch.case_of, flat[batch.units * self.n_levels + levels]) + d
+        return torch.sigmoid(x)
+
+    def _cd_statistics(self, batch: CaseBatch, d: torch.Tensor, ph_data: torch.Tensor,
+                       levels: torch.Tensor, probs: torch.Tensor | None,
+                       ph_model: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Data minus model statistics: the model side is the sample ``levels`` with
+        ``ph_model``, or (``probs`` given, mean field) the last step's probabilities."""
+        K, F = self.n_levels, self.n_hidden
+        data_idx = batch.units * K + batch.levels
+        grad_w = torch.zeros(self.n_units * K, F, dtype=self.W.dtype)
+        grad_w.index_add_(0, data_idx, ph_data[batch.case_of])
+        grad_b = torch.zeros(self.n_units * K, dtype=self.W.dtype)
+        ones = torch.ones(len(data_idx), dtype=self.W.dtype)
+        grad_b.index_add_(0, data_idx, ones)
+        if probs is not None:
             # visible state = probabilities of the last step: x = c + d + sum_{s,k} p_sk W[s, k]
             x = torch.einsum("nk,nkf->nf", probs, self.W[batch.units])
             x = self.c.expand(batch.n_cases, -1).clone().index_add(0, batch.case_of, x) + d
@@ -178,7 +185,7 @@ class CRBMModule(nn.Module):
                  "c": delta_h.sum(0)}
         if self.D is not None:
             grads["D"] = torch.zeros_like(self.D).index_add_(0, batch.r_units, delta_h[batch.r_case_of])
-        return grads, levels, recon
+        return grads
 
     # -------------------------------------------------------------- exact, tiny models only
     def exact_log_likelihood(self, batch: CaseBatch, max_states: int = 1 << 20) -> torch.Tensor:
@@ -203,6 +210,11 @@ class CRBMModule(nn.Module):
                             torch.zeros(int(r_sel.sum()), dtype=torch.int64), batch.r_units[r_sel])
             out.append(-self.free_energy(own)[0] - log_z)
         return torch.stack(out)
+
+
+def _sample_hidden(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A binary sample of hiddens with p(h = 1) = ``probs``, in the dtype of ``probs``."""
+    return (torch.rand(probs.shape, generator=generator, dtype=probs.dtype) < probs).to(probs.dtype)
 
 
 def _sample_categorical(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
