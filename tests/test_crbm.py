@@ -368,6 +368,19 @@ def test_users_unseen_in_training_are_served_from_their_ratings(orientation):
         np.testing.assert_allclose(model.score([0, 1], own), model.score([0, 1]), atol=1e-5)
 
 
+def test_stored_zeros_and_duplicates_leave_the_input_alone():
+    # duplicates are summed and stored zeros dropped on a copy: the caller's matrix is unchanged
+    values = np.array([1, 2, 3, 0, 4, 5, 1], dtype=np.float32)
+    given = sp.csr_matrix((values, np.array([0, 1, 0, 3, 1, 2, 0]), np.array([0, 4, 7])), shape=(2, 4))
+    before = [a.copy() for a in (given.indptr, given.indices, given.data)]
+    model = CRBM(**{**SMALL, "val_fraction": 0.0, "epochs": 2}).fit(given, show_progress=False)
+    for a, b in zip(before, (given.indptr, given.indices, given.data), strict=True):
+        np.testing.assert_array_equal(a, b)
+    clean = sp.csr_matrix(np.array([[4, 2, 0, 0], [1, 4, 5, 0]], dtype=np.float32))
+    again = CRBM(**{**SMALL, "val_fraction": 0.0, "epochs": 2}).fit(clean, show_progress=False)
+    np.testing.assert_array_equal(model.score([0, 1]), again.score([0, 1]))
+
+
 def test_bad_input_raises_clear_errors(ratings, fitted):
     with pytest.raises(ValueError, match="scipy.sparse"):
         CRBM(**SMALL).fit([[1, 2], [3, 4]], show_progress=False)

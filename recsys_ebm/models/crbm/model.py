@@ -91,12 +91,16 @@ class CRBM(Recommender):
 
     # ------------------------------------------------------------------ input handling
     def _check_ratings(self, ratings, name: str = "ratings") -> sp.csr_matrix:
-        ratings = check_user_items(ratings)
+        """float32 CSR copy with duplicates summed; unless a rating level is <= 0, stored zeros
+        are dropped (they are no ratings) and negative values raise."""
+        ratings = check_user_items(ratings).copy()  # it may share the caller's arrays
         ratings.sum_duplicates()
         levels = self.levels if self.levels is not None else self.config.levels
-        if ratings.nnz and np.any(ratings.data <= 0) and (levels is None or levels[0] > 0):
-            raise ValueError(f"{name} holds zero or negative values; the CRBM needs ratings as values "
-                             "(an explicit zero rating needs levels that include 0)")
+        if levels is None or levels[0] > 0:
+            ratings.eliminate_zeros()
+            if np.any(ratings.data < 0):
+                raise ValueError(f"{name} holds negative values; the CRBM needs ratings as values "
+                                 "(a zero or negative rating needs CRBMConfig.levels that include it)")
         return ratings
 
     # ------------------------------------------------------------------ training
@@ -108,7 +112,8 @@ class CRBM(Recommender):
 
         Parameters
         ----------
-        user_items : CSR (n_users, n_items), values are ratings (one of ``levels``).
+        user_items : CSR (n_users, n_items), values are ratings (one of ``levels``); stored
+            zeros are no ratings unless a level is <= 0.
         validation : CSR (n_users, n_items) of held-out ratings for early stopping; when None and
             ``val_fraction > 0``, that share of ``user_items`` is carved out at random (seeded).
         implicit : binary CSR (n_users, n_items) of pairs that will be asked about (their
