@@ -25,7 +25,7 @@ from recsys_ebm.models.crbm.cases import (
     to_cases,
 )
 from recsys_ebm.models.crbm.config import CRBMConfig
-from recsys_ebm.models.crbm.module import CHUNK_ELEMENTS, CRBMModule, initial_visible_bias
+from recsys_ebm.models.crbm.module import CRBMModule, initial_visible_bias
 from recsys_ebm.models.crbm.trainer import CDTrainer, TrainingMonitor
 from recsys_ebm.models.training import TrainingHistory, run_training
 
@@ -211,7 +211,7 @@ class CRBM(Recommender):
         history = run_training(
             train_epoch,
             epochs=epochs,
-            # validation first so that the progress bar shows val_rmse
+            # validation first so that the progress display shows val_rmse
             validate=lambda: {**monitor.metrics(), **trainer.schedule},
             monitor="val_rmse" if val_csr is not None else None,
             mode="min",
@@ -373,15 +373,8 @@ class CRBM(Recommender):
         module = self.module
         x_items = self._case_inputs()
         weights, bias = self._fold_in_users(fold, x_items)
-        n_users = fold.shape[0]
-        out = torch.empty(n_users, self.n_items, len(self.levels), dtype=module.c.dtype)
-        F = module.n_hidden
-        step = max(1, CHUNK_ELEMENTS // (self.n_items * len(self.levels) * F))
-        for start in range(0, n_users, step):
-            w = weights[start:start + step]  # (u, K, F)
-            act = fn.softplus(x_items[None, :, None, :] + w[:, None]).sum(3) + bias[start:start + step, None]
-            out[start:start + step] = torch.log_softmax(act, dim=2)
-        rows = np.repeat(np.arange(n_users), np.diff(fold.indptr))
+        out = module.log_proba_new_units(x_items, weights, bias)
+        rows = np.repeat(np.arange(fold.shape[0]), np.diff(fold.indptr))
         if len(rows):
             items = torch.from_numpy(fold.indices.astype(np.int64))
             # new users are not in the trained item cases, so there is nothing to leave out
@@ -393,26 +386,13 @@ class CRBM(Recommender):
         """Visible weights (n, K, F) and biases (n, K) of new users (item orientation), fitted to
         maximise sum over their ratings of log p(v_{u,i} | item i's training ratings), model frozen."""
         cfg, module = self.config, self.module
-        n, K = fold.shape[0], len(self.levels)
-        rows = torch.from_numpy(np.repeat(np.arange(n), np.diff(fold.indptr)))
+        rows = torch.from_numpy(np.repeat(np.arange(fold.shape[0]), np.diff(fold.indptr)))
         items = torch.from_numpy(fold.indices.astype(np.int64))
         levels = torch.from_numpy(np.rint(fold.data).astype(np.int64) - 1)
-        prior = torch.bincount(torch.from_numpy(self.data.levels), minlength=K).to(module.c.dtype) + 1.0
-        weights = torch.zeros(n, K, module.n_hidden, dtype=module.c.dtype, requires_grad=True)
-        bias = (prior / prior.sum()).log().expand(n, K).clone().requires_grad_(True)
-        if len(rows) == 0:
-            return weights.detach(), bias.detach()
-        optimizer = torch.optim.Adam([weights, bias], lr=cfg.fold_in_lr)
-        x = x_items[items]
-        with torch.enable_grad():
-            for _ in range(cfg.fold_in_steps):
-                act = fn.softplus(x[:, None, :] + weights[rows]).sum(2) + bias[rows]
-                nll = -torch.log_softmax(act, 1).gather(1, levels[:, None]).sum()
-                loss = nll + cfg.weight_decay * (weights**2).sum()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-        return weights.detach(), bias.detach()
+        counts = torch.bincount(torch.from_numpy(self.data.levels), minlength=len(self.levels))
+        prior = counts.to(module.c.dtype) + 1.0
+        return module.fit_new_units(x_items[items], fold.shape[0], rows, levels, prior,
+                                    cfg.fold_in_steps, cfg.fold_in_lr, cfg.weight_decay)
 
     @_threaded
     def score(self, user_ids, user_items: sp.csr_matrix | None = None) -> np.ndarray:

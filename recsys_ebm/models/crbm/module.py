@@ -109,6 +109,42 @@ class CRBMModule(nn.Module):
                 out[c0:c0 + case_step, u0:u0 + unit_step] = torch.log_softmax(act, dim=2)
         return out
 
+    def fit_new_units(self, x: torch.Tensor, n_new: int, unit_of: torch.Tensor, levels: torch.Tensor,
+                      prior: torch.Tensor, steps: int, lr: float, weight_decay: float
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Visible weights (n_new, K, F) and biases (n_new, K) of units outside the model (new
+        users of item cases), fitted by Adam with the module frozen to maximise the sum over
+        their ratings j of log p(v = levels[j] | x[j]); x (m, F) is the hidden input of rating
+        j's case, unit_of (m,) its new unit, prior (K,) level counts giving the first biases."""
+        K = self.n_levels
+        weights = torch.zeros(n_new, K, self.n_hidden, dtype=self.c.dtype, requires_grad=True)
+        bias = (prior / prior.sum()).log().expand(n_new, K).clone().requires_grad_(True)
+        if len(unit_of) == 0:
+            return weights.detach(), bias.detach()
+        optimizer = torch.optim.Adam([weights, bias], lr=lr)
+        with torch.enable_grad():
+            for _ in range(steps):
+                act = fn.softplus(x[:, None, :] + weights[unit_of]).sum(2) + bias[unit_of]
+                nll = -torch.log_softmax(act, 1).gather(1, levels[:, None]).sum()
+                loss = nll + weight_decay * (weights**2).sum()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        return weights.detach(), bias.detach()
+
+    def log_proba_new_units(self, x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor
+                            ) -> torch.Tensor:
+        """log p(v_{u,c} = k | x_c) of units u with their own weights (n, K, F) and biases
+        (n, K) in every case c: x (C, F) -> (n, C, K)."""
+        n, n_cases = weights.shape[0], x.shape[0]
+        out = torch.empty(n, n_cases, self.n_levels, dtype=self.c.dtype)
+        step = max(1, CHUNK_ELEMENTS // (n_cases * self.n_levels * self.n_hidden))
+        for start in range(0, n, step):
+            w = weights[start:start + step]  # (u, K, F)
+            act = fn.softplus(x[None, :, None, :] + w[:, None]).sum(3) + bias[start:start + step, None]
+            out[start:start + step] = torch.log_softmax(act, dim=2)
+        return out
+
     # -------------------------------------------------------------- contrastive divergence
     def cd_gradients(self, batch: CaseBatch, k: int, generator: torch.Generator,
                      start_levels: torch.Tensor | None = None, mean_field: bool = False
