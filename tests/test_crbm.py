@@ -381,6 +381,14 @@ def test_stored_zeros_and_duplicates_leave_the_input_alone():
     np.testing.assert_array_equal(model.score([0, 1]), again.score([0, 1]))
 
 
+def test_too_few_ratings_to_carve_a_validation_split_train_without_one():
+    # 0.05 of 7 ratings is none: no early stopping, every epoch runs
+    few = sp.csr_matrix(np.array([[1, 2, 0], [2, 1, 1], [0, 1, 2]], dtype=np.float32))
+    model = CRBM(n_hidden=2, epochs=3, val_fraction=0.05, refit=True).fit(few, show_progress=False)
+    assert len(model.history.epochs) == 3 and "val_rmse" not in model.history.epochs[-1]
+    assert model.data.levels.size == few.nnz
+
+
 def test_bad_input_raises_clear_errors(ratings, fitted):
     with pytest.raises(ValueError, match="scipy.sparse"):
         CRBM(**SMALL).fit([[1, 2], [3, 4]], show_progress=False)

@@ -158,15 +158,20 @@ class CRBM(Recommender):
     def _validation_split(self, level_csr: sp.csr_matrix, validation: sp.csr_matrix | None
                           ) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
         """(train, validation) level CSRs: the given validation ratings, a seeded carve of
-        ``val_fraction`` of the training ratings, or no validation."""
+        ``val_fraction`` of the training ratings, or no validation (also when it would be empty)."""
         cfg = self.config
         if validation is not None:
             validation = self._check_ratings(validation, "validation")
             check_user_items(validation, n_rows=self.n_users, n_items=self.n_items)
-            return level_csr, rating_levels(validation, self.levels)
-        if cfg.val_fraction > 0:
-            return carve(level_csr, cfg.val_fraction, np.random.default_rng([cfg.seed, 1]))
-        return level_csr, None
+            train_csr, val_csr = level_csr, rating_levels(validation, self.levels)
+        elif cfg.val_fraction > 0:
+            train_csr, val_csr = carve(level_csr, cfg.val_fraction, np.random.default_rng([cfg.seed, 1]))
+        else:
+            return level_csr, None
+        if val_csr.nnz == 0:
+            logger.info("no validation ratings: training %d epochs without early stopping", cfg.epochs)
+            return level_csr, None
+        return train_csr, val_csr
 
     def _refit_on_all_ratings(self, level_csr: sp.csr_matrix, implicit: sp.csr_matrix | None,
                               epochs: int, callback: EpochCallback | None,
