@@ -13,6 +13,9 @@ override when a model needs them:
 - ``train_matrix()``: the training CSR (e.g. ratings instead of 0/1 for explicit models);
   it must keep the block structure of `checkerboard` so ``held_out_items()`` stays right.
 - ``held_out_items()``: int (n_users,), the item each user should get as top-1.
+- ``liked_items()``: bool (n_users, n_items), each user's own block, held-out item included
+  (default: the training interactions plus the held-out item); override when the training
+  matrix also holds disliked items (e.g. low ratings on the other block).
 - ``fit(model, user_items)``: how to train (default ``model.fit(user_items, show_progress=False)``).
 - ``fold_in_exact``: True when scoring a trained user from its own training row gives that
   user's trained scores (a history encoder, an item-item model); False when fold-in
@@ -109,6 +112,11 @@ class ModelContract:
     def held_out_items(self) -> np.ndarray:
         return checkerboard().held_out
 
+    def liked_items(self) -> np.ndarray:
+        liked = _seen(self.train_matrix())
+        liked[self._users(), self.held_out_items()] = True
+        return liked
+
     def fit(self, model: Recommender, user_items: sp.csr_matrix) -> Recommender:
         return model.fit(user_items, show_progress=False)
 
@@ -140,10 +148,9 @@ class ModelContract:
     def test_users_prefer_their_own_block(self):
         self._require_personalized()
         # unfiltered: every item of the user's own block outranks every item of the other block
-        model, train = self.fitted(), self.train_matrix()
+        model = self.fitted()
         scores = model.score(self._users())
-        own = _seen(train)
-        own[self._users(), self.held_out_items()] = True
+        own = self.liked_items()
         worst_own = np.where(own, scores, np.inf).min(axis=1)
         best_other = np.where(own, -np.inf, scores).max(axis=1)
         assert np.all(worst_own > best_other)

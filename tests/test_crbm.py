@@ -9,15 +9,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from recsys_ebm.models.crbm import (
-    CRBM,
-    CaseBatch,
-    CaseData,
-    CRBMConfig,
-    CRBMModule,
-    _csr_lookup,
-    _ranges,
-)
+from recsys_ebm.models.crbm import CRBM, CaseData, CRBMConfig
+from recsys_ebm.models.crbm.cases import CaseBatch, csr_lookup, ranges
+from recsys_ebm.models.crbm.module import CRBMModule
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -184,9 +178,9 @@ def test_conditional_term_only_shifts_hidden_biases():
 
 
 def test_ranges_and_csr_lookup():
-    np.testing.assert_array_equal(_ranges(np.array([2, 5, 5]), np.array([4, 5, 8])), [2, 3, 5, 6, 7])
+    np.testing.assert_array_equal(ranges(np.array([2, 5, 5]), np.array([4, 5, 8])), [2, 3, 5, 6, 7])
     m = sp.csr_matrix(np.array([[0, 3, 0], [1, 0, 2]]))
-    got = _csr_lookup(m.indptr, m.indices, m.data, np.array([0, 0, 1, 1]), np.array([1, 2, 0, 2]))
+    got = csr_lookup(m.indptr, m.indices, m.data, np.array([0, 0, 1, 1]), np.array([1, 2, 0, 2]))
     np.testing.assert_array_equal(got, [3, -1, 1, 2])
 
 
@@ -372,6 +366,27 @@ def test_users_unseen_in_training_are_served_from_their_ratings(orientation):
     if orientation == "user":  # folding in a trained user's own ratings changes nothing
         own = trained_cases(model)[:2]
         np.testing.assert_allclose(model.score([0, 1], own), model.score([0, 1]), atol=1e-5)
+
+
+def test_stored_zeros_and_duplicates_leave_the_input_alone():
+    # duplicates are summed and stored zeros dropped on a copy: the caller's matrix is unchanged
+    values = np.array([1, 2, 3, 0, 4, 5, 1], dtype=np.float32)
+    given = sp.csr_matrix((values, np.array([0, 1, 0, 3, 1, 2, 0]), np.array([0, 4, 7])), shape=(2, 4))
+    before = [a.copy() for a in (given.indptr, given.indices, given.data)]
+    model = CRBM(**{**SMALL, "val_fraction": 0.0, "epochs": 2}).fit(given, show_progress=False)
+    for a, b in zip(before, (given.indptr, given.indices, given.data), strict=True):
+        np.testing.assert_array_equal(a, b)
+    clean = sp.csr_matrix(np.array([[4, 2, 0, 0], [1, 4, 5, 0]], dtype=np.float32))
+    again = CRBM(**{**SMALL, "val_fraction": 0.0, "epochs": 2}).fit(clean, show_progress=False)
+    np.testing.assert_array_equal(model.score([0, 1]), again.score([0, 1]))
+
+
+def test_too_few_ratings_to_carve_a_validation_split_train_without_one():
+    # 0.05 of 7 ratings is none: no early stopping, every epoch runs
+    few = sp.csr_matrix(np.array([[1, 2, 0], [2, 1, 1], [0, 1, 2]], dtype=np.float32))
+    model = CRBM(n_hidden=2, epochs=3, val_fraction=0.05, refit=True).fit(few, show_progress=False)
+    assert len(model.history.epochs) == 3 and "val_rmse" not in model.history.epochs[-1]
+    assert model.data.levels.size == few.nnz
 
 
 def test_bad_input_raises_clear_errors(ratings, fitted):
