@@ -25,6 +25,7 @@ MODELS = {
     "ease": [],
     "itemknn": [],
     "pop": [],
+    "crbm": ["--set", "epochs=3", "--set", "n_hidden=16"],
 }
 TEMPERATURES = (0.0, 0.5, 2.0)
 SEED = 7

@@ -148,6 +148,7 @@ class CRBM(Recommender):
         if ratings.nnz == 0:
             raise ValueError("user_items has no ratings to train on")
         self.n_users, self.n_items = ratings.shape
+        self._remember_seen(ratings)
         levels = cfg.levels if cfg.levels is not None else np.unique(ratings.data.astype(np.float64))
         self.levels = np.asarray(levels, dtype=np.float64)
         if len(self.levels) < 2:
@@ -452,6 +453,7 @@ class CRBM(Recommender):
                    "r_indptr": data.r_indptr, "r_indices": data.r_indices}
         if module.D is not None:
             tensors["D"] = module.D
+        tensors.update(self._seen_tensors())
         info = {"n_users": self.n_users, "n_items": self.n_items, "best_epoch": self.history.best_epoch,
                 **(meta or {})}
         return save_model_dir(path, MODEL_NAME, self.config.to_dict(), tensors, info)
