@@ -1,4 +1,4 @@
-"""Baselines (recsys_ebm/models/baselines.py): the shared contract plus known answers."""
+"""Baselines (recsys_ebm/models/baselines.py, factor_baselines.py): the shared contract plus known answers."""
 
 from __future__ import annotations
 
@@ -12,16 +12,8 @@ from model_contract import ModelContract, checkerboard
 
 from recsys_ebm.experiments import runner
 from recsys_ebm.models import MODELS, load_model
-from recsys_ebm.models.baselines import (
-    ALS,
-    BPR,
-    EASE,
-    ItemKNN,
-    MostPopular,
-    _bpr_objective,
-    bpr_fold_in,
-    ease_weights,
-)
+from recsys_ebm.models.baselines import EASE, ItemKNN, MostPopular, ease_weights
+from recsys_ebm.models.factor_baselines import ALS, BPR, _bpr_objective, bpr_fold_in
 
 
 def random_binary(n_users: int = 40, n_items: int = 25, density: float = 0.3, seed: int = 0) -> sp.csr_matrix:

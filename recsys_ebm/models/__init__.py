@@ -7,9 +7,10 @@ a ``config_class`` (a frozen dataclass) and ``save``/``load``.
 from __future__ import annotations
 
 from recsys_ebm.models.base import Recommender
-from recsys_ebm.models.baselines import ALS, BPR, EASE, ItemKNN, MostPopular
+from recsys_ebm.models.baselines import EASE, ItemKNN, MostPopular
 from recsys_ebm.models.crbm import CRBM
 from recsys_ebm.models.dot_ebm import DotEBM
+from recsys_ebm.models.factor_baselines import ALS, BPR
 
 MODELS: dict[str, type[Recommender]] = {
     "dpebm": DotEBM,

@@ -47,6 +47,17 @@ def check_user_items(user_items, n_rows: int | None = None, n_items: int | None 
     return user_items
 
 
+def binarize(user_items: sp.csr_matrix) -> sp.csr_matrix:
+    """A 0/1 float32 copy of a validated CSR with sorted indices; the caller's matrix (often
+    ratings) is left untouched. Stored zeros are dropped first: they are not interactions."""
+    binary = user_items.copy()
+    binary.sum_duplicates()
+    binary.eliminate_zeros()
+    binary.data[:] = 1.0
+    binary.sort_indices()
+    return binary
+
+
 def check_user_ids(user_ids, n_users: int | None) -> np.ndarray:
     """Return user ids as int64 1-D; ``IndexError`` names an id outside ``0..n_users-1``."""
     ids = np.atleast_1d(np.asarray(user_ids))

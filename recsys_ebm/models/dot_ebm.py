@@ -42,6 +42,7 @@ from recsys_ebm.models.base import (
     EmbeddingMixin,
     EpochCallback,
     Recommender,
+    binarize,
     check_user_ids,
     check_user_items,
 )
@@ -113,18 +114,6 @@ class DotEBMConfig(Config):
 #: uniform model (log n_items): no likelihood-trained model gets there, while an absurd lr
 #: reaches it with weights that are huge but still finite, which the NaN check cannot see.
 DIVERGENCE_FACTOR = 100.0
-
-
-def _binarize(user_items: sp.csr_matrix) -> sp.csr_matrix:
-    """A 0/1 copy of a validated CSR; the caller's matrix (often ratings) is left untouched.
-
-    Stored zeros are dropped first: they are not interactions.
-    """
-    binary = user_items.copy()
-    binary.sum_duplicates()
-    binary.eliminate_zeros()
-    binary.data[:] = 1.0
-    return binary
 
 
 def _dense_rows(user_items: sp.csr_matrix, rows: np.ndarray) -> torch.Tensor:
@@ -240,7 +229,7 @@ class DotEBM(EmbeddingMixin, Recommender):
         """Train on a binary users x items CSR; early-stop on ``validation`` NDCG@10 when given."""
         cfg = self.config
         # check_user_items may share the caller's arrays: binarize a copy
-        user_items = _binarize(check_user_items(user_items))
+        user_items = binarize(check_user_items(user_items))
         if user_items.nnz == 0:
             raise ValueError("user_items has no interactions to train on")
         self.n_users, self.n_items = user_items.shape
@@ -356,7 +345,7 @@ class DotEBM(EmbeddingMixin, Recommender):
         ids = check_user_ids(user_ids, None)
         if user_items.shape[0] != len(ids):
             raise ValueError(f"user_items has {user_items.shape[0]} rows for {len(ids)} user ids")
-        user_items = _binarize(user_items)
+        user_items = binarize(user_items)
         if self.config.user_model == "history":
             return self._encode_numpy(user_items)
         return self._fold_in_free(user_items)
