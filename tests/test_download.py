@@ -20,12 +20,9 @@ from pathlib import Path
 import pytest
 from test_movielens import GENRES_100K
 
-from recsys_ebm.data.movielens import (
-    download_movielens,
-    load_movielens,
-    locate_or_download,
-    replace_checksum,
-)
+from recsys_ebm.data.download import download_movielens, locate_or_download
+from recsys_ebm.data.movielens import load_movielens
+from recsys_ebm.data.variants import replace_checksum
 from recsys_ebm.errors import DataError, DatasetNotFoundError
 
 U_DATA = "1\t10\t5\t100\n1\t20\t3\t200\n2\t10\t4\t300\n"

@@ -10,13 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_ebm.data.movielens import (
+from recsys_ebm.data.download import locate_or_download
+from recsys_ebm.data.movielens import load_movielens, load_official_fold
+from recsys_ebm.data.variants import (
     VARIANTS,
     MovieLensData,
     get_variant,
-    load_movielens,
-    load_official_fold,
-    locate_or_download,
     replace_checksum,
     resolve_data_dir,
 )
