@@ -5,9 +5,12 @@ data). Each method runs in its own subprocess (wall time of the call, peak RSS o
 
 * ``implicit``: ``AlternatingLeastSquares.recommend(all users, user_items, N=k,
   filter_already_liked_items=True)``, BLAS at one thread as `implicit` asks;
-* ``exact``: :func:`recsys_ebm.ranking.faiss_index.exact_top_k` (the ranking kernel export uses);
-* ``export``: :func:`recsys_ebm.export.export_recommendations` end to end, with energies,
-  T = 1 probabilities and the Parquet file.
+* ``exact``: :func:`recsys_ebm.ranking.factored.rank_vectors` at T = 0 (the ranking kernel
+  that ``recommend``, and so export, runs for models with vectors);
+* ``export``: :func:`recsys_ebm.export.export_recommendations` end to end on the factors as a
+  model (:class:`benchmarks.common.FactorModel`, its seen set the interactions), rows from
+  ``model.recommend(..., with_probabilities=True)``: energies, T = 1 probabilities and the
+  Parquet file.
 
 Top-k agreement: the fraction of users whose two top-k sets are identical, and identical up to
 ties (same multiset of scores, recomputed in float64, within 1e-5 relative).
@@ -48,7 +51,7 @@ def worker(args: argparse.Namespace) -> None:
     n_users = user_items.shape[0]
     threads = args.threads or None
     rss_before = rss_mb()
-    ids = None
+    ids, peak = None, None
     if args.worker == "implicit":
         from implicit.cpu.als import AlternatingLeastSquares
         from threadpoolctl import threadpool_limits
@@ -61,25 +64,36 @@ def worker(args: argparse.Namespace) -> None:
                                      filter_already_liked_items=True)
             seconds = time.perf_counter() - started
     elif args.worker == "exact":
-        from recsys_ebm.ranking.faiss_index import exact_top_k
+        from recsys_ebm.ranking.factored import rank_vectors
+        from recsys_ebm.ranking.topk import canonical_csr
 
         started = time.perf_counter()
-        ids, _ = exact_top_k(user_factors, item_factors, np.zeros(item_factors.shape[0], np.float32),
-                             args.k, exclude=user_items, n_threads=threads)
+        ids, _, _ = rank_vectors(user_factors, item_factors, np.zeros(item_factors.shape[0], np.float32),
+                                 args.k, exclude=canonical_csr(user_items), n_threads=threads)
         seconds = time.perf_counter() - started
     else:
         from recsys_ebm.export import export_recommendations
 
         output = CACHE / "bench-export.parquet"
+        model = FactorModel(user_factors, item_factors, user_items=user_items)
         started = time.perf_counter()
-        export_recommendations(FactorModel(user_factors, item_factors), output, user_items=user_items,
-                               k=args.k, n_threads=args.threads, show_progress=False)
+        # user_items defaults to the model's seen set: the interactions, as implicit filters
+        export_recommendations(model, output, k=args.k, n_threads=args.threads, show_progress=False)
         seconds = time.perf_counter() - started
+        peak = peak_rss_mb()  # before reading the file back for the check
+        if args.check:  # the file holds every user's top-k unseen items: compare with implicit
+            import pyarrow.parquet as pq
+
+            items = pq.read_table(output, columns=["user_id", "item_id"])
+            counts = np.bincount(items["user_id"].to_numpy(), minlength=n_users)
+            if (counts == args.k).all():
+                ids = items["item_id"].to_numpy().reshape(n_users, args.k)
         output.unlink()
     if ids is not None:
         np.save(CACHE / f"ids-{args.worker}.npy", np.asarray(ids, dtype=np.int64))
     print(json.dumps({"method": args.worker, "seconds": seconds, "users_per_s": n_users / seconds,
-                      "rss_before_mb": rss_before, "peak_rss_mb": peak_rss_mb()}))
+                      "rss_before_mb": rss_before,
+                      "peak_rss_mb": peak if peak is not None else peak_rss_mb()}))
 
 
 def agreement(user_factors: np.ndarray, item_factors: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict:
@@ -109,6 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=0, help="0 = every CPU, for both methods")
     parser.add_argument("--repeat", type=int, default=1, help="runs per method (best time kept)")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--no-check", dest="check", action="store_false",
+                        help="do not compare the exported lists with implicit's")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -119,7 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     user_factors, item_factors = load_factors(config, args.dim, args.iterations)
     common = ["--scale", str(args.scale), "--item-scale", str(args.item_scale or args.scale),
               "--k", str(args.k), "--dim", str(args.dim),
-              "--iterations", str(args.iterations), "--threads", str(args.threads)]
+              "--iterations", str(args.iterations), "--threads", str(args.threads),
+              *([] if args.check else ["--no-check"])]
     methods = args.methods.split(",")
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     for _ in range(args.repeat):  # interleaved, so load changes hit every method alike
@@ -142,6 +159,10 @@ def main(argv: list[str] | None = None) -> dict:
                                         np.load(CACHE / "ids-implicit.npy"))
     if "implicit" in by and "export" in by:
         result["speedup_export_vs_implicit"] = by["implicit"]["seconds"] / by["export"]["seconds"]
+        if (CACHE / "ids-export.npy").is_file():
+            result["agreement_export"] = agreement(user_factors, item_factors,
+                                                   np.load(CACHE / "ids-export.npy"),
+                                                   np.load(CACHE / "ids-implicit.npy"))
     for method in methods:
         (CACHE / f"ids-{method}.npy").unlink(missing_ok=True)
     path = write_result(name_for("export", args.scale, args.item_scale), result)
@@ -156,6 +177,10 @@ def main(argv: list[str] | None = None) -> dict:
     if "speedup_export_vs_implicit" in result:
         print(f"full export (energies, probabilities, Parquet) vs implicit: "
               f"{result['speedup_export_vs_implicit']:.2f}x")
+    if "agreement_export" in result:
+        agree = result["agreement_export"]
+        print(f"exported lists vs implicit: identical top-k sets {agree['identical_sets']:.4%}, "
+              f"up to ties {agree['identical_up_to_ties']:.4%}")
     print(f"-> {path}")
     return result
 

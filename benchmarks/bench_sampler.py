@@ -3,9 +3,10 @@
 Same synthetic data and ALS factors as the export benchmark. Both methods run in their own
 subprocess, seen items excluded:
 
-* ``exact``: :func:`recsys_ebm.ranking.faiss_index.exact_top_k` with k = 10;
-* ``sampled``: :func:`recsys_ebm.ranking.faiss_index.sampled_top_k`, 10 distinct items per user drawn
-  from p(i | u, T) ∝ exp(-E(u, i) / T) (exact sampling without replacement).
+* ``exact``: :func:`recsys_ebm.ranking.factored.rank_vectors` at T = 0 with k = 10;
+* ``sampled``: the same kernel at T > 0, 10 distinct items per user drawn from
+  p(i | u, T) ∝ exp(-E(u, i) / T) (exact sampling without replacement, keyed on the user), what
+  ``recommend(..., temperature=T)`` runs for models with vectors.
 
     python -m benchmarks.bench_sampler [--scale 1.0] [--temperature 0.5] [--repeat 1]
 """
@@ -34,20 +35,18 @@ METHODS = ("exact", "sampled")
 
 
 def worker(args: argparse.Namespace) -> None:
-    from recsys_ebm.ranking.faiss_index import exact_top_k, sampled_top_k
+    from recsys_ebm.ranking.factored import rank_vectors
+    from recsys_ebm.ranking.topk import canonical_csr
 
     config = data_config(args)
-    user_items = load_data(config)
+    user_items = canonical_csr(load_data(config))
     user_factors, item_factors = load_factors(config, args.dim, args.iterations)
     biases = np.zeros(item_factors.shape[0], np.float32)
     threads = args.threads or None
     started = time.perf_counter()
-    if args.worker == "exact":
-        ids, _ = exact_top_k(user_factors, item_factors, biases, args.k, exclude=user_items,
-                             n_threads=threads)
-    else:
-        ids, _ = sampled_top_k(user_factors, item_factors, biases, args.k, args.temperature,
-                               seed=0, exclude=user_items, n_threads=threads)
+    temperature = 0.0 if args.worker == "exact" else args.temperature
+    ids, _, _ = rank_vectors(user_factors, item_factors, biases, args.k, temperature, seed=0,
+                             exclude=user_items, n_threads=threads)
     seconds = time.perf_counter() - started
     n_users = user_items.shape[0]
     # a diversity figure for the table: distinct items over all lists

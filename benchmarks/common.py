@@ -19,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from benchmarks.synthetic import SyntheticConfig, generate
+from recsys_ebm.models.base import EmbeddingMixin, Recommender
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -102,27 +103,29 @@ def load_factors(config: SyntheticConfig, dim: int = 64, iterations: int = 3) ->
     return user_factors, item_factors
 
 
-class FactorModel:
-    """Fixed factors behind the retrieval/export interface (user_vectors, item_vectors, item_biases)."""
+class FactorModel(EmbeddingMixin, Recommender):
+    """Fixed factors behind the model interface: a ``Recommender`` with vectors (so
+    ``recommend`` and export run the factored kernel) whose seen set, what ``recommend`` and
+    export leave out, is ``user_items`` when given."""
 
-    def __init__(self, user_factors: np.ndarray, item_factors: np.ndarray, item_biases: np.ndarray | None = None):
-        self.user_factors = user_factors
-        self.item_factors = item_factors
-        self.biases = (np.zeros(item_factors.shape[0], np.float32) if item_biases is None
-                       else np.asarray(item_biases, np.float32))
+    def __init__(self, user_factors: np.ndarray, item_factors: np.ndarray,
+                 item_biases: np.ndarray | None = None, user_items: sp.csr_matrix | None = None):
+        self.user_factors = np.asarray(user_factors, np.float32)
+        self.item_factors = np.asarray(item_factors, np.float32)
+        self.item_bias = (np.zeros(item_factors.shape[0], np.float32) if item_biases is None
+                          else np.asarray(item_biases, np.float32))
         self.n_users, self.n_items = user_factors.shape[0], item_factors.shape[0]
+        if user_items is not None:
+            self._remember_seen(user_items)
+
+    def _require_fitted(self) -> None:
+        """Always fitted: the factors are given."""
+
+    def fit(self, user_items: sp.csr_matrix, **kwargs: Any) -> FactorModel:
+        raise NotImplementedError("fixed factors: nothing to fit")
 
     def user_vectors(self, user_ids, user_items=None) -> np.ndarray:
         return self.user_factors[np.asarray(user_ids)]
-
-    def item_vectors(self) -> np.ndarray:
-        return self.item_factors
-
-    def item_biases(self) -> np.ndarray:
-        return self.biases
-
-    def score(self, user_ids, user_items=None) -> np.ndarray:
-        return self.user_vectors(user_ids) @ self.item_factors.T + self.biases
 
 
 def run_worker(module: str, args: list[str]) -> dict:

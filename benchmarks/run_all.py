@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> dict:
             bars.append({"bar": "full export (probabilities + Parquet) vs implicit (info)",
                          "value": f"{export['speedup_export_vs_implicit']:.2f}x, "
                                   f"{by['export']['peak_rss_mb']:,.0f} MB", "met": None})
+        if "agreement_export" in export:
+            exported = export["agreement_export"]["identical_up_to_ties"]
+            bars.append({"bar": "exported lists = implicit's top-k up to ties", "value": f"{exported:.4%}",
+                         "met": exported == 1.0})
     if "retrieval" not in skip:
         retrieval = _run_or_load(run, "retrieval-100000" if args.quick else "retrieval", bench_retrieval,
                                  ["--n-items", "100000", "--queries", "1000"] if args.quick else [])

@@ -12,7 +12,10 @@ from mlflow.tracking import MlflowClient
 
 from benchmarks.synthetic import SyntheticConfig, generate
 from recsys_ebm.export import ExportConfig, export_recommendations, parts_dir
+from recsys_ebm.models.base import Recommender
 from recsys_ebm.models.dot_ebm import DotEBM
+from recsys_ebm.models.indexed import IndexedRecommender
+from recsys_ebm.ranking.faiss_index import EnergyIndex
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +25,16 @@ def fitted() -> tuple[DotEBM, sp.csr_matrix]:
     return model, data.user_items
 
 
-class ScoreOnly:
-    """A Recommender without vectors: export must go through `score`."""
+class ScoreOnly(Recommender):
+    """A Recommender without vectors: its recommend (and so export) goes through `score`."""
 
     def __init__(self, model: DotEBM):
         self.model = model
         self.n_users, self.n_items = model.n_users, model.n_items
+        self.seen_items = model.seen_items
+
+    def fit(self, user_items, **kwargs):  # pragma: no cover - wraps a fitted model
+        raise NotImplementedError
 
     def score(self, user_ids, user_items=None):
         return self.model.score(user_ids)
@@ -105,6 +112,47 @@ def test_sampled_export_is_reproducible_and_chunk_invariant(fitted, tmp_path):
     np.testing.assert_allclose(fa["probability"], p[users, items], rtol=1e-4)
 
 
+def test_default_exclusions_are_the_models_seen_set(fitted, tmp_path):
+    model, user_items = fitted
+    a = export_recommendations(model, tmp_path / "a.parquet", k=8, show_progress=False).path
+    b = export_recommendations(model, tmp_path / "b.parquet", user_items=user_items, k=8,
+                               show_progress=False).path
+    fa = _read(a)
+    pd.testing.assert_frame_equal(fa, _read(b))
+    assert not (user_items.toarray() > 0)[fa["user_id"], fa["item_id"]].any()
+    # other exclusions are honoured: nothing excluded gives the plain top-k, seen items included
+    nothing = sp.csr_matrix(user_items.shape, dtype=np.float32)
+    fc = _read(export_recommendations(model, tmp_path / "c.parquet", user_items=nothing, k=8,
+                                      show_progress=False).path)
+    ids, _ = model.recommend(np.arange(model.n_users), filter_seen=False, k=8)
+    np.testing.assert_array_equal(fc["item_id"].to_numpy().reshape(-1, 8), ids)
+    assert (user_items.toarray() > 0)[fc["user_id"], fc["item_id"]].any()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_export_through_a_flat_index_equals_the_models(fitted, tmp_path, temperature):
+    """An IndexedRecommender is exported like any model; with a flat index and every item a
+    candidate it serves the model's own lists and probabilities."""
+    model, _ = fitted
+    served = IndexedRecommender(model, EnergyIndex.build(model, kind="flat"), n_candidates=model.n_items)
+    kwargs = dict(k=6, temperature=temperature, seed=2, chunk_size=50, show_progress=False)
+    fa = _read(export_recommendations(model, tmp_path / "a.parquet", **kwargs).path)
+    fb = _read(export_recommendations(served, tmp_path / "b.parquet", **kwargs).path)
+    assert len(fa) == len(fb) == model.n_users * 6
+    if temperature == 0:
+        assert (fa["item_id"] == fb["item_id"]).mean() > 0.99  # only float ties may differ
+    else:  # draws over candidates sorted by score, not by id: same distribution, other draws
+        assert fb.groupby("user_id")["item_id"].nunique().eq(6).all()
+        again = export_recommendations(served, tmp_path / "c.parquet", **{**kwargs, "chunk_size": 17}).path
+        pd.testing.assert_frame_equal(_read(again), fb)
+    users, items = fb["user_id"].to_numpy(), fb["item_id"].to_numpy()
+    assert not (model.seen_items.toarray() > 0)[users, items].any()
+    scores = model.score(np.arange(model.n_users))
+    np.testing.assert_allclose(fb["energy"], -scores[users, items], rtol=1e-5, atol=1e-5)
+    p = _softmax_unseen(scores, model.seen_items.toarray() > 0, temperature or 1.0)
+    np.testing.assert_allclose(fb["probability"], p[users, items], rtol=1e-4)
+
+
 def test_users_with_fewer_than_k_unseen_items(fitted, tmp_path):
     model, _ = fitted
     seen = np.zeros((model.n_users, model.n_items), np.float32)
@@ -165,8 +213,9 @@ def test_export_config_validation(fitted, tmp_path):
 
 
 def test_cli_export_of_a_saved_model_logs_to_mlflow(movielens_dir, tmp_path, monkeypatch):
-    from recsys_ebm.experiments import runner
     from recsys_ebm.cli import main
+    from recsys_ebm.experiments import runner
+    from recsys_ebm.models import load_model
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -184,9 +233,22 @@ def test_cli_export_of_a_saved_model_logs_to_mlflow(movielens_dir, tmp_path, mon
     assert code == 0
     frame = pd.read_parquet(out)
     assert frame["user_id"].nunique() == data.train.n_users and (frame.groupby("user_id").size() == 20).all()
-    # every rating of the user is excluded, train and test alike
-    rated = set(zip(dataset.ratings["user_id"], dataset.ratings["item_id"], strict=True))
-    assert not any(pair in rated for pair in zip(frame["user_id"], frame["item_id"], strict=True))
+    # the model's seen set (the training interactions it was fitted on) is excluded, and the
+    # lists are exactly what the saved model's recommend serves
+    user_raw, item_raw = np.asarray(data.train.user_map.raw_ids), np.asarray(data.train.item_map.raw_ids)
+    train = data.train.user_items.tocoo()
+    trained = set(zip(user_raw[train.row].tolist(), item_raw[train.col].tolist(), strict=True))
+    assert not any(pair in trained for pair in zip(frame["user_id"].tolist(), frame["item_id"].tolist(),
+                                                   strict=True))
+    ids, _ = load_model(model_dir).recommend(np.arange(data.train.n_users), k=20)
+    np.testing.assert_array_equal(frame["item_id"].to_numpy().reshape(-1, 20), item_raw[ids])
+    np.testing.assert_array_equal(frame["user_id"].to_numpy()[::20], user_raw)
+    # served through a flat index: the same lists
+    indexed = tmp_path / "indexed.parquet"
+    assert main(["export", "--quiet", "--data-dir", str(movielens_dir), "--no-download", "--model-path",
+                 str(model_dir), "--k", "20", "--index", "flat", "--output", str(indexed), "--no-mlflow"]) == 0
+    assert (model_dir / "index-flat").is_dir()
+    assert (pd.read_parquet(indexed)["item_id"] == frame["item_id"]).mean() > 0.99
     client = MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name("export-test").experiment_id])[0]
     assert run.info.status == "FINISHED"

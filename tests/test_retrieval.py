@@ -1,45 +1,50 @@
-"""Retrieval: exact factored top-k, FAISS energy indexes (flat/HNSW/IVF), save/load checks."""
+"""Retrieval: FAISS energy indexes (flat/HNSW/IVF) against brute force, models served through
+them (IndexedRecommender: exact at T = 0, sampling the candidates at T > 0), save/load checks.
+
+The exact kernels moved: ``heap_top_k`` / ``select_top_k`` are tested in test_select.py, the
+factored ranking ``rank_vectors`` in test_factored.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from scipy.stats import chisquare
 
 from benchmarks.synthetic import SyntheticConfig, catalog, generate
+from recsys_ebm.models.base import EmbeddingMixin, Recommender
 from recsys_ebm.models.dot_ebm import DotEBM
+from recsys_ebm.models.indexed import IndexedRecommender
 from recsys_ebm.ranking.faiss_index import (
     EnergyIndex,
     IndexConfig,
-    exact_top_k,
-    fingerprint,
-    heap_top_k,
     index_path,
     load_or_build,
-    recommend_exact,
-    sampled_top_k,
-    select_top_k,
 )
+from recsys_ebm.ranking.sampling import softmax_probabilities
+from recsys_ebm.ranking.select import select
 from recsys_ebm.ranking.topk import top_k
+from recsys_ebm.ranking.vectors import fingerprint
 
 
-class Vectors:
-    """The three methods retrieval needs, over fixed arrays."""
+class VectorModel(EmbeddingMixin, Recommender):
+    """A Recommender over fixed vectors (the three methods retrieval needs), with a seen set."""
 
-    def __init__(self, users, items, biases):
-        self.users, self.items, self.biases = users, items, biases
+    def __init__(self, users, items, biases, seen=None):
+        self.user_factors, self.item_factors = np.asarray(users, np.float32), np.asarray(items, np.float32)
+        self.item_bias = np.asarray(biases, np.float32)
         self.n_users, self.n_items = len(users), len(items)
+        if seen is not None:
+            self._remember_seen(seen)
+
+    def _require_fitted(self):
+        pass
+
+    def fit(self, user_items, **kwargs):  # pragma: no cover - fixed vectors
+        raise NotImplementedError
 
     def user_vectors(self, user_ids, user_items=None):
-        return self.users[np.asarray(user_ids)]
-
-    def item_vectors(self):
-        return self.items
-
-    def item_biases(self):
-        return self.biases
+        return self.user_factors[np.asarray(user_ids)]
 
 
 @pytest.fixture(scope="module")
@@ -60,86 +65,6 @@ def _brute_force(queries, items, biases, k, banned=None):
     if banned is not None:
         scores[banned] = -np.inf
     return top_k(scores, k)
-
-
-# ----------------------------------------------------------------------------- exact kernels
-
-
-@st.composite
-def score_cases(draw):
-    n = draw(st.integers(1, 6))
-    n_items = draw(st.sampled_from([8, 40, 300, 5000]))
-    k = draw(st.integers(1, 120))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    kind = draw(st.sampled_from(["normal", "ties", "few"]))
-    if kind == "normal":
-        scores = rng.normal(size=(n, n_items)).astype(np.float32)
-    elif kind == "ties":  # many ties, including at the cut
-        scores = rng.integers(0, 4, size=(n, n_items)).astype(np.float32)
-    else:
-        scores = rng.integers(0, 50, size=(n, n_items)).astype(np.float32)
-    scores[rng.random((n, n_items)) < draw(st.sampled_from([0.0, 0.5, 0.99]))] = -np.inf
-    return scores, k
-
-
-@settings(max_examples=60, deadline=None)
-@given(score_cases())
-def test_heap_and_threshold_selection_equal_the_reference_top_k(case):
-    scores, k = case
-    expected = top_k(scores.copy(), k)
-    for select in (heap_top_k, select_top_k):
-        ids, values = select(scores.copy(), k)
-        np.testing.assert_array_equal(ids, expected[0])
-        np.testing.assert_array_equal(values, expected[1])
-
-
-def test_threshold_path_breaks_ties_by_lower_id():
-    scores = np.zeros((3, 6000), np.float32)
-    scores[0, ::7] = 1.0  # 858 tied items above the rest
-    scores[1, 100:110] = 2.0
-    scores[1, 5000:] = 1.0
-    scores[2, :] = -np.inf
-    scores[2, [10, 20]] = 0.5
-    ids, values = select_top_k(scores.copy(), 40)
-    np.testing.assert_array_equal(ids[0], np.arange(0, 40 * 7, 7))
-    np.testing.assert_array_equal(ids[1], np.r_[np.arange(100, 110), np.arange(5000, 5030)])
-    np.testing.assert_array_equal(ids[2, :3], [10, 20, -1])
-    assert np.isneginf(values[2, 2:]).all()
-
-
-def test_augmented_product_is_exactly_minus_energy(small_model):
-    model, _ = small_model
-    users = np.arange(10)
-    ids, scores = exact_top_k(model.user_vectors(users), model.item_vectors(), model.item_biases(), 5)
-    energies = model.energy(np.repeat(users, 5), ids.ravel()).reshape(ids.shape)
-    np.testing.assert_allclose(scores, -energies, rtol=1e-5, atol=1e-6)
-
-
-def test_exact_path_equals_recommend_with_seen_items_filtered(small_model):
-    model, user_items = small_model
-    users = np.arange(model.n_users)
-    expected = model.recommend(users, user_items, k=20)
-    for threads in (1, 2):
-        ids, scores = recommend_exact(model, users, user_items, k=20, batch_size=37, n_threads=threads)
-        np.testing.assert_array_equal(ids, expected[0])
-        np.testing.assert_allclose(scores, expected[1], rtol=1e-5, atol=1e-6)
-    seen = user_items.toarray() > 0
-    assert not seen[np.repeat(users, 20), ids.ravel()].any()
-    # allowed items
-    allowed = np.zeros(model.n_items, bool)
-    allowed[::3] = True
-    ids, _ = recommend_exact(model, users, user_items, k=5, items=allowed)
-    np.testing.assert_array_equal(ids, model.recommend(users, user_items, k=5, items=allowed)[0])
-
-
-def test_exact_top_k_pads_when_fewer_than_k_eligible():
-    rng = np.random.default_rng(0)
-    users, items = rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=(6, 4)).astype(np.float32)
-    exclude = sp.csr_matrix(np.array([[1, 1, 1, 1, 0, 0], [1] * 6, [0] * 6], np.float32))
-    ids, scores = exact_top_k(users, items, np.zeros(6, np.float32), 4, exclude=exclude)
-    assert (ids[0, :2] >= 4).all() and (ids[0, 2:] == -1).all()
-    assert (ids[1] == -1).all() and np.isneginf(scores[1]).all()
-    assert (ids[2] >= 0).all()
 
 
 # ----------------------------------------------------------------------------- indexes
@@ -228,35 +153,91 @@ def test_tiny_catalog_padding_and_allowed():
         assert set(ids[1][ids[1] >= 0]) == set(allowed)
 
 
+def test_indexed_recommender_at_t0_is_the_brute_force_ranking(clustered):
+    items, biases, queries = clustered
+    rng = np.random.default_rng(5)
+    seen = sp.random(len(queries), len(items), density=0.002, format="csr", random_state=rng, dtype=np.float32)
+    model = VectorModel(queries, items, biases, seen)
+    served = IndexedRecommender(model, EnergyIndex.build(model, kind="flat"))
+    users = np.arange(len(queries))
+    ids, scores = served.recommend(users, k=20)  # the model's seen set is left out
+    banned = seen.toarray() > 0
+    exp_ids, exp_scores = _brute_force(queries, items, biases, 20, banned)
+    np.testing.assert_allclose(scores, exp_scores, rtol=1e-5, atol=1e-5)
+    assert not banned[np.repeat(users, 20), ids.ravel()].any()
+    assert np.mean(np.all(ids == exp_ids, axis=1)) > 0.99  # differences only at float ties
+    np.testing.assert_array_equal(served.recommend(users, seen, k=20)[0], ids)
+    # allowed / blocked items go through the index's selector
+    allowed = np.arange(0, len(items), 5)
+    ids, _ = served.recommend(users[:10], k=5, items=allowed, filter_items=allowed[:3])
+    assert np.isin(ids, allowed[3:]).all()
+
+
 def test_exploratory_mode_samples_from_the_candidates(clustered):
     items, biases, queries = clustered
-    index = EnergyIndex.build(item_vectors=items, item_biases=biases)
-    top, _ = index.search(queries, 50)
-    a, scores = index.sample(queries, 10, temperature=0.5, seed=3, n_candidates=50)
-    b, _ = index.sample(queries, 10, temperature=0.5, seed=3, n_candidates=50)
-    c, _ = index.sample(queries, 10, temperature=0.5, seed=4, n_candidates=50)
+    model = VectorModel(queries, items, biases)
+    index = EnergyIndex.build(model)
+    served = IndexedRecommender(model, index, n_candidates=50)
+    users = np.arange(len(queries))
+    top, cand_scores = index.search(queries, 50)
+    a, scores = served.recommend(users, k=10, temperature=0.5, rng=3)
+    b, _ = served.recommend(users, k=10, temperature=0.5, rng=3)
+    c, _ = served.recommend(users, k=10, temperature=0.5, rng=4)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert all(set(row) <= set(cands) and len(set(row)) == 10 for row, cands in zip(a, top, strict=True))
     true = np.einsum("nd,nkd->nk", queries, items[a]) + biases[a]
     np.testing.assert_allclose(scores, true, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(index.sample(queries, 10, temperature=0.0)[0], index.search(queries, 10)[0])
+    # known answer: the one sampler over the candidates' scores, keyed on the user ids
+    slots, _, _ = select(cand_scores.copy(), 10, 0.5, 3, users)
+    np.testing.assert_array_equal(a, np.take_along_axis(top, slots, 1))
+    np.testing.assert_array_equal(served.recommend(users, k=10, temperature=0.0)[0], index.search(queries, 10)[0])
 
 
-def test_sampled_top_k_draws_like_the_score_matrix_sampler(small_model):
-    from recsys_ebm.ranking.sampling import sample_top_k
+def test_exploratory_draws_are_keyed_per_user(clustered):
+    """A user's draw is the same alone, in a batch, or in a batch in another order."""
+    items, biases, queries = clustered
+    model = VectorModel(queries, items, biases)
+    served = IndexedRecommender(model, EnergyIndex.build(model), n_candidates=100)
+    users = np.arange(len(queries))
+    batch, _ = served.recommend(users, k=8, temperature=0.3, rng=11)
+    for u in (0, 64, 199):
+        np.testing.assert_array_equal(served.recommend([u], k=8, temperature=0.3, rng=11)[0][0], batch[u])
+    order = np.random.default_rng(0).permutation(len(users))
+    np.testing.assert_array_equal(served.recommend(order, k=8, temperature=0.3, rng=11)[0], batch[order])
 
-    model, user_items = small_model
-    users = model.user_vectors(np.arange(model.n_users))
-    ids, scores = sampled_top_k(users, model.item_vectors(), model.item_biases(), 8, 0.7, seed=5,
-                                exclude=user_items, batch_size=64, n_threads=2)
-    ref, _ = sample_top_k(model.score(np.arange(model.n_users)), 8, 0.7, 5, exclude=user_items)
-    # the product is scaled before rounding, so a draw may rarely land on the other side of a
-    # boundary; otherwise the draws are the same
-    assert np.mean(ids == ref) > 0.98
-    np.testing.assert_allclose(scores, np.take_along_axis(model.score(np.arange(model.n_users)), ids, 1),
-                               rtol=1e-5, atol=1e-6)
-    assert not user_items.toarray()[np.repeat(np.arange(model.n_users), 8), ids.ravel()].any()
+
+@pytest.mark.parametrize("n_candidates", [7, 3])
+def test_exploratory_frequencies_follow_the_truncated_softmax(n_candidates):
+    """Single draws follow softmax(-E / T) over the user's n_candidates best items."""
+    rng = np.random.default_rng(6)
+    items, biases = rng.normal(size=(7, 3)).astype(np.float32), rng.normal(size=7).astype(np.float32)
+    n_draws, temperature = 20000, 0.8
+    users = np.tile(rng.normal(size=(1, 3)).astype(np.float32), (n_draws, 1))
+    model = VectorModel(users, items, biases)
+    served = IndexedRecommender(model, EnergyIndex.build(model), n_candidates=n_candidates)
+    ids, _, prob = served.recommend(np.arange(n_draws), k=1, temperature=temperature, rng=1,
+                                    with_probabilities=True)
+    scores = (users[:1].astype(np.float64) @ items.T + biases)[0]
+    scores[np.argsort(-scores)[n_candidates:]] = -np.inf
+    p = softmax_probabilities(scores[None, :], temperature)[0]
+    counts = np.bincount(ids[:, 0], minlength=7)
+    assert counts[p == 0].sum() == 0
+    keep = p > 0
+    assert chisquare(counts[keep], n_draws * p[keep]).pvalue > 1e-3
+    np.testing.assert_allclose(prob[:, 0], p[ids[:, 0]], rtol=1e-4)
+
+
+def test_indexed_probabilities_at_t0_are_the_t1_softmax_over_candidates(clustered):
+    items, biases, queries = clustered
+    items, biases = items[:500], biases[:500]
+    model = VectorModel(queries[:20], items, biases)
+    served = IndexedRecommender(model, EnergyIndex.build(model), n_candidates=500)  # every item
+    ids, _, prob = served.recommend(np.arange(20), k=10, with_probabilities=True)
+    scores = queries[:20].astype(np.float64) @ items.T.astype(np.float64) + biases
+    p = softmax_probabilities(scores, 1.0)
+    np.testing.assert_allclose(prob, np.take_along_axis(p, ids, 1), rtol=1e-4)
+    np.testing.assert_array_equal(ids, model.recommend(np.arange(20), k=10)[0])
 
 
 def test_save_load_next_to_the_model_and_mismatch(small_model, tmp_path):
@@ -280,6 +261,23 @@ def test_save_load_next_to_the_model_and_mismatch(small_model, tmp_path):
     np.testing.assert_array_equal(EnergyIndex.load(tmp_path / "ivf").search(users, 5)[0], ivf.search(users, 5)[0])
 
 
+def test_indexed_recommender_save_load_round_trip(small_model, tmp_path):
+    model, user_items = small_model
+    served = IndexedRecommender(model, EnergyIndex.build(model, kind="flat"))
+    path = served.save(tmp_path / "served")
+    assert (index_path(path, "flat") / "index.faiss").is_file()
+    loaded = IndexedRecommender.load(path)
+    users = np.arange(model.n_users)
+    for kwargs in ({}, {"temperature": 0.6, "rng": 2}):
+        np.testing.assert_array_equal(loaded.recommend(users, k=10, **kwargs)[0],
+                                      served.recommend(users, k=10, **kwargs)[0])
+    # the seen set travels with the model: fitted interactions are never served
+    ids, _ = loaded.recommend(users, k=10)
+    assert not user_items.toarray()[np.repeat(users, 10), ids.ravel()].any()
+    # T = 0 through the flat index is the model's own exact ranking
+    np.testing.assert_array_equal(ids, model.recommend(users, k=10)[0])
+
+
 def test_bad_arguments(clustered, tmp_path):
     items, biases, queries = clustered
     index = EnergyIndex.build(item_vectors=items[:100], item_biases=biases[:100])
@@ -297,8 +295,15 @@ def test_bad_arguments(clustered, tmp_path):
         IndexConfig(kind="hnsw", metric="cosine")
     with pytest.raises(ValueError):
         EnergyIndex.build(item_vectors=items[:10], item_biases=biases[:9])
+    model = VectorModel(queries, items[:100], biases[:100])
     with pytest.raises(ValueError):
-        index.sample(queries, 3, temperature=-1.0)
+        IndexedRecommender(model, index).recommend([0], k=3, temperature=-1.0)
+    with pytest.raises(ValueError):
+        IndexedRecommender(model, index, n_candidates=0)
+    with pytest.raises(ValueError, match="does not match"):
+        IndexedRecommender(VectorModel(queries, items[:100] + 1, biases[:100]), index)
+    with pytest.raises(RuntimeError):
+        IndexedRecommender(model).recommend([0], k=3)
     with pytest.raises(FileNotFoundError):
         EnergyIndex.load(tmp_path)
     with pytest.raises(TypeError):
