@@ -12,6 +12,7 @@ import pytest
 
 from recsys_ebm.data.download import locate_or_download
 from recsys_ebm.data.movielens import load_movielens, load_official_fold
+from recsys_ebm.data.split import Split
 from recsys_ebm.data.variants import (
     VARIANTS,
     MovieLensData,
@@ -19,7 +20,6 @@ from recsys_ebm.data.variants import (
     replace_checksum,
     resolve_data_dir,
 )
-from recsys_ebm.data.split import Split
 from recsys_ebm.errors import DataError, DatasetNotFoundError
 
 GENRES_100K = [
