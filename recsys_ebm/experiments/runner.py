@@ -185,11 +185,14 @@ def sample_recommendations(model: Recommender, data: PreparedData, items: pd.Dat
 
 
 def model_options(cls: type[Recommender], config_file: str | None, overrides: dict[str, Any],
-                  table: str | None = None) -> dict[str, Any]:
-    """Options from a TOML file's ``[table]`` (if any) updated by command-line overrides."""
+                  table: str | None = None, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Options from a TOML file's ``[table]`` (if any; else ``defaults``, e.g. the tuned
+    ``[model]`` table of ``pipelines/<model>.toml``) updated by command-line overrides."""
     options: dict[str, Any] = {}
     if config_file is not None:
         options.update(dataclasses.asdict(cls.config_class.from_toml(config_file, table)))
+    elif defaults is not None:
+        options.update(dataclasses.asdict(cls.config_class.from_dict(defaults)))
     options.update(overrides)
     cls.config_class.from_dict(options)  # validate early, with the field's name in the error
     return options
