@@ -1,6 +1,7 @@
 """End-to-end jobs behind the CLI: dataset -> split -> fit (with validation) -> evaluate -> track.
 
-Data flows one way (DESIGN.md): raw frame -> split -> id maps fitted on train -> train/test CSRs
+Fitting with validation (early stop then refit) is ``tuning.fit_with_validation``, re-exported
+here with ``build_model`` and ``model_input``. Data flows one way (``docs/protocols.md``): raw frame -> split -> id maps fitted on train -> train/test CSRs
 of the same shape -> fit -> evaluate. Raw ids reappear only in artifacts and exports.
 """
 
@@ -28,14 +29,18 @@ from recsys_ebm.data.split import (
     temporal_holdout,
 )
 from recsys_ebm.evaluation.evaluate import RankingResult, evaluate_ranking
-from recsys_ebm.models import model_class
+from recsys_ebm.experiments.tuning import build_model, fit_with_validation, model_input
 from recsys_ebm.models.base import Recommender
 
 logger = logging.getLogger(__name__)
 
-#: Top-N protocols of PROTOCOLS.md; "strong" folds held-out users in at evaluation time.
+__all__ = ["KS", "RANKING_PROTOCOLS", "VALIDATION_SEED", "Dataset", "PreparedData", "build_model", "evaluate_model", "fit_with_validation",
+           "load_dataset", "make_split", "model_input", "model_options", "prepare",
+           "sample_recommendations"]
+
+#: Top-N protocols of docs/protocols.md; "strong" folds held-out users in at evaluation time.
 RANKING_PROTOCOLS = ("random", "temporal", "loo", "strong")
-#: Seed of the validation split carved from train (PROTOCOLS: a different seed from the test split).
+#: Seed of the validation split carved from train (docs/protocols.md: a different seed from the test split).
 VALIDATION_SEED = 1
 #: Cut-offs reported for every ranking evaluation.
 KS = (5, 10, 20, 50)
@@ -69,7 +74,7 @@ def load_dataset(dataset: str, variant: str = "100k", data_dir: str | None = Non
 
 
 def make_split(frame: pd.DataFrame, protocol: str, seed: int = 0) -> Split:
-    """The top-N test split of PROTOCOLS.md (users with < 5 interactions dropped first)."""
+    """The top-N test split of docs/protocols.md (users with < 5 interactions dropped first)."""
     frame = filter_min_interactions(frame, 5)
     if protocol == "random":
         return random_holdout(frame, 0.2, seed=seed)
@@ -115,47 +120,6 @@ def _validation_split(train: pd.DataFrame, protocol: str) -> Split:
     if protocol in ("temporal", "loo"):
         return temporal_holdout(train, 0.2) if protocol == "temporal" else leave_one_out(train)
     return random_holdout(train, 0.2, seed=VALIDATION_SEED)
-
-
-def model_input(model: Recommender, interactions: Interactions):
-    """The users x items CSR a model fits on: ratings for explicit models, else binary."""
-    return interactions.rating_matrix if model.fits_ratings else interactions.user_items
-
-
-def build_model(name: str, options: dict[str, Any] | None = None) -> Recommender:
-    """A model from its registry name and config options (unknown options raise ValueError)."""
-    cls = model_class(name)
-    config = cls.config_class.from_dict(options or {})
-    return cls(config)
-
-
-def fit_with_validation(name: str, options: dict[str, Any], data: PreparedData, *,
-                        refit: bool = True, callback=None, show_progress: bool = True) -> Recommender:
-    """Early-stop on the validation split, then (``refit``) retrain on all of train for the best
-    number of epochs, so the final model sees every training interaction."""
-    model = build_model(name, options)
-    model.fit(model_input(model, data.fit_part), validation=model_input(model, data.validation),
-              callback=_prefixed(callback, "select_"), show_progress=show_progress)
-    best = model.history.best_epoch
-    logger.info("%s: best validation epoch %d (%s)", name, best, model.history.best_value)
-    if not refit:
-        return model
-    refit_options = dict(options)
-    # models trained in epochs refit for the best number; the others (closed form, or a fixed
-    # iteration count that is a tuned hyperparameter) refit with the same options
-    if "epochs" in {field.name for field in dataclasses.fields(model.config)}:
-        refit_options["epochs"] = max(best, 1)
-    final = build_model(name, refit_options)
-    final.fit(model_input(final, data.train), callback=callback, show_progress=show_progress)
-    final.history.best_epoch = best
-    final.history.best_value = model.history.best_value
-    return final
-
-
-def _prefixed(callback, prefix: str):
-    if callback is None:
-        return None
-    return lambda epoch, metrics: callback(epoch, {prefix + k: v for k, v in metrics.items()})
 
 
 def evaluate_model(model: Recommender, data: PreparedData, ks=KS,
