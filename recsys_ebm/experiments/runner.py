@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from recsys_ebm.data.interactions import Interactions
-from recsys_ebm.data.movielens import load_movielens
+from recsys_ebm.data.movielens import RatingScale, load_movielens
 from recsys_ebm.data.readers import read_interactions
 from recsys_ebm.data.split import (
     Split,
@@ -55,6 +55,10 @@ class Dataset:
     items: pd.DataFrame | None
     checksum: str
     source: str
+    #: the MovieLens variant (``ml-100k``, ...) it was loaded as; None for a user's file
+    variant: str | None = None
+    #: the allowed ratings when known (MovieLens); None for a user's file
+    rating_scale: RatingScale | None = None
 
 
 def load_dataset(dataset: str, variant: str = "100k", data_dir: str | None = None,
@@ -62,7 +66,8 @@ def load_dataset(dataset: str, variant: str = "100k", data_dir: str | None = Non
     """``dataset="movielens"`` loads a MovieLens variant; any other value is a CSV/Parquet path."""
     if dataset == "movielens":
         data = load_movielens(variant, data_dir, download)
-        return Dataset(data.name, data.ratings, data.items, data.checksum, str(data.path))
+        return Dataset(data.name, data.ratings, data.items, data.checksum, str(data.path),
+                       variant=data.name, rating_scale=data.rating_scale)
     path = Path(dataset)
     if not path.exists():
         raise FileNotFoundError(
