@@ -11,7 +11,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-
 from recsys_ebm._compat import tomllib
 from recsys_ebm.config import read_pipeline
 
@@ -66,10 +65,10 @@ def test_wheel_ships_the_pipelines_and_the_loader_reads_them(tmp_path):
     script = ("import recsys_ebm, recsys_ebm.pipelines as p\n"
               "from recsys_ebm.config import read_pipeline\n"
               "from recsys_ebm.experiments.tuning import load_grids, tuned_defaults\n"
-              "assert recsys_ebm.__file__.startswith(%r), recsys_ebm.__file__\n"
+              "assert recsys_ebm.__file__.startswith({!r}), recsys_ebm.__file__\n"
               "assert p.__doc__\n"
               "assert read_pipeline('grids')['grid'] and load_grids()['itemknn']\n"
-              "print(sorted(tuned_defaults('dpebm').items()))\n") % str(tmp_path / "unzipped")
+              "print(sorted(tuned_defaults('dpebm').items()))\n").format(str(tmp_path / "unzipped"))
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "unzipped")}
     outside = tmp_path / "elsewhere"  # neither the checkout nor the unzipped wheel
     outside.mkdir()

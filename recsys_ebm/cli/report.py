@@ -1,4 +1,4 @@
-"""``recsys-ebm report``: every model tuned, refit and tested over seeds, as Markdown + JSON (issue 5)."""
+"""``recsys-ebm report``: every model tuned, refit and tested over seeds, as Markdown + JSON."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from recsys_ebm.models import MODELS
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
-    from recsys_ebm.experiments.report import DEFAULT_TEMPERATURES, REPORT_PROTOCOLS
+    from recsys_ebm.experiments.reporting import DEFAULT_TEMPERATURES, REPORT_PROTOCOLS
 
     report = sub.add_parser(
         "report", parents=[common],
@@ -42,6 +42,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 def cmd_report(args) -> int:
     from recsys_ebm.experiments import report
+    from recsys_ebm.experiments.render import summary_frame
 
     overrides: dict[str, dict[str, Any]] = {}
     for key, value in args.overrides:
@@ -58,9 +59,25 @@ def cmd_report(args) -> int:
         temperatures=tuple(float(t) for t in args.temperatures.split(",")),
         use_grids=not args.no_grid, overrides=overrides, threads=args.threads or None,
         experiment=args.experiment, tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow,
-        show_progress=not args.quiet, command=report.command_line(args), **extra)
+        show_progress=not args.quiet, command=command_line(args), **extra)
     result = report.run_report(config)
-    write_out(report.summary_frame(result.document).to_string(float_format=lambda v: f"{v:.4f}") + "\n")
+    write_out(summary_frame(result.document).to_string(float_format=lambda v: f"{v:.4f}") + "\n")
     write_out(f"report written to {result.markdown} (+ {result.json.name}, {len(result.plots)} plots) "
-           f"in {result.document['timing']['total_seconds'] / 60:.1f} min\n")
+              f"in {result.document['timing']['total_seconds'] / 60:.1f} min\n")
     return 0
+
+
+def command_line(args) -> str:
+    """The ``recsys-ebm report`` command reproducing parsed CLI ``args`` (without paths)."""
+    parts = ["recsys-ebm report", f"--dataset {args.dataset}"]
+    if args.dataset == "movielens":
+        parts.append(f"--variant {args.variant}")
+    parts.append(f"--protocol {args.protocol}")
+    if args.models:
+        parts.append(f"--models {args.models}")
+    if args.seeds != "0,1,2":
+        parts.append(f"--seeds {args.seeds}")
+    if args.no_grid:
+        parts.append("--no-grid")
+    parts += [f"--set {key}={value}" for key, value in args.overrides]
+    return " ".join(parts)

@@ -1,8 +1,9 @@
 """End-to-end jobs behind the CLI: dataset -> split -> fit (with validation) -> evaluate -> track.
 
-Fitting with validation (early stop then refit) is ``tuning.fit_with_validation``, re-exported
-here with ``build_model`` and ``model_input``. Data flows one way (``docs/protocols.md``): raw frame -> split -> id maps fitted on train -> train/test CSRs
-of the same shape -> fit -> evaluate. Raw ids reappear only in artifacts and exports.
+Data flows one way (``docs/protocols.md``): raw frame -> split -> id maps fitted on train ->
+train/test CSRs of the same shape -> fit -> evaluate. Raw ids reappear only in artifacts and
+exports. Fitting with validation (early stop then refit) is ``tuning.fit_with_validation``,
+re-exported here with ``build_model`` and ``model_input``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ __all__ = ["KS", "RANKING_PROTOCOLS", "VALIDATION_SEED", "Dataset", "PreparedDat
 
 #: Top-N protocols of docs/protocols.md; "strong" folds held-out users in at evaluation time.
 RANKING_PROTOCOLS = ("random", "temporal", "loo", "strong")
-#: Seed of the validation split carved from train (docs/protocols.md: a different seed from the test split).
+#: Seed of the validation split carved from train (a different seed from the test split).
 VALIDATION_SEED = 1
 #: Cut-offs reported for every ranking evaluation.
 KS = (5, 10, 20, 50)
