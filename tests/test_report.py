@@ -344,3 +344,47 @@ def test_verdict_when_the_reference_wins_states_the_gap_and_its_interval():
     row.update(ci95=[-0.001, 0.021], significant=False)
     assert _verdict(document)[0].endswith("[-0.0010, 0.0210], not significant).")
 
+
+# ---------------------------------------------------------------- a user's file
+
+
+def _users_file(path: Path, with_ratings: bool) -> Path:
+    rng = np.random.default_rng(0)
+    rows = [(f"u{u}", f"i{i}", int(t)) for u in range(40) for t, i in
+            enumerate(rng.choice(30, size=int(rng.integers(6, 15)), replace=False))]
+    lines = ["user,item,stars,timestamp" if with_ratings else "user,item,timestamp"]
+    for u, i, t in rows:
+        lines.append(f"{u},{i},{1 + (t * 7 + len(u)) % 5},{t}" if with_ratings else f"{u},{i},{t}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_report_honours_the_column_flags_of_a_users_file(tmp_path):
+    csv = _users_file(tmp_path / "clicks.csv", with_ratings=False)
+    argv = ["report", "--dataset", str(csv), "--user-col", "user", "--item-col", "item",
+            "--rating-col", "", "--models", "pop,itemknn", "--seeds", "0", "--no-grid",
+            "--output-dir", str(tmp_path / "out"), "--no-mlflow", "--quiet", "--log-level", "WARNING"]
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = main(argv)
+    assert code == 0 and "report written to" in out.getvalue()
+    doc = json.loads((tmp_path / "out" / "clicks" / "random.json").read_text())
+    assert doc["dataset"]["n_users"] == 40
+    assert doc["dataset"]["n_train"] + doc["dataset"]["n_test"] == len(csv.read_text().splitlines()) - 1
+    assert list(doc["models"]) == ["pop", "itemknn"]
+    assert "--user-col 'user' --item-col 'item' --rating-col ''" in doc["config"]["command"]
+
+
+def test_rating_report_on_a_users_file_uses_seeded_folds(tmp_path):
+    from recsys_ebm.experiments.report import run_report
+
+    csv = _users_file(tmp_path / "stars.csv", with_ratings=True)
+    config = ReportConfig(dataset=str(csv), protocol="ratings", models=("bias",), mlflow=False,
+                          reader_options={"user_col": "user", "item_col": "item", "rating_col": "stars"},
+                          output_dir=str(tmp_path / "out"))
+    doc = run_report(config).document
+    bias = doc["models"]["bias"]
+    assert doc["protocol"]["folds"] == "kfold" and doc["dataset"]["rating_scale"] == [1.0, 5.0, 1.0]
+    assert [f["fold"] for f in bias["folds"]] == [f"fold{k}" for k in range(1, 6)]
+    assert sum(f["n_test"] for f in bias["folds"]) == len(csv.read_text().splitlines()) - 1
+    assert (tmp_path / "out" / "stars" / "ratings.md").is_file()

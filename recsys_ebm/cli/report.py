@@ -53,7 +53,7 @@ def cmd_report(args) -> int:
     extra: dict[str, Any] = {"grids_file": args.grids} if args.grids else {}
     config = report.ReportConfig(
         dataset=args.dataset, variant=args.variant, data_dir=args.data_dir,
-        download=not args.no_download, protocol=args.protocol,
+        download=not args.no_download, reader_options=_reader_options(args), protocol=args.protocol,
         models=tuple(m.strip() for m in args.models.split(",")) if args.models else None,
         seeds=tuple(int(s) for s in args.seeds.split(",")), output_dir=args.output_dir,
         temperatures=tuple(float(t) for t in args.temperatures.split(",")),
@@ -67,11 +67,24 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _reader_options(args) -> dict[str, Any]:
+    """The column flags of a user's file, as ``evaluate`` reads them ('' means no such column)."""
+    if args.dataset == "movielens":
+        return {}
+    return {"user_col": args.user_col, "item_col": args.item_col,
+            "rating_col": args.rating_col or None, "timestamp_col": args.timestamp_col or None}
+
+
 def command_line(args) -> str:
     """The ``recsys-ebm report`` command reproducing parsed CLI ``args`` (without paths)."""
     parts = ["recsys-ebm report", f"--dataset {args.dataset}"]
     if args.dataset == "movielens":
         parts.append(f"--variant {args.variant}")
+    else:
+        defaults = {"user_col": "user_id", "item_col": "item_id", "rating_col": "rating",
+                    "timestamp_col": "timestamp"}
+        parts += [f"--{key.replace('_', '-')} {getattr(args, key)!r}"
+                  for key, default in defaults.items() if getattr(args, key) != default]
     parts.append(f"--protocol {args.protocol}")
     if args.models:
         parts.append(f"--models {args.models}")
