@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,3 +64,23 @@ def check(condition: bool, message: str) -> None:
     """Raise ``ValueError(message)`` unless ``condition``; used in ``__post_init__``."""
     if not condition:
         raise ValueError(message)
+
+
+def read_pipeline(name: str, directory: str | Path | None = None) -> dict[str, Any] | None:
+    """The parsed ``pipelines/<name>.toml`` (tuned options, tuning grids); None when absent.
+
+    The files ship inside the wheel as the package data ``recsys_ebm.pipelines`` (the repository's
+    top-level ``pipelines/`` folder); a source checkout run without installing (``PYTHONPATH``)
+    reads that folder beside the package. ``directory`` reads another folder instead (tests).
+    """
+    if directory is not None:
+        root: Any = Path(directory)
+    else:
+        try:
+            root = resources.files("recsys_ebm.pipelines")
+        except ModuleNotFoundError:  # uninstalled source checkout: <repo>/pipelines
+            root = Path(__file__).resolve().parents[1] / "pipelines"
+    path = root.joinpath(f"{name}.toml")
+    if not path.is_file():
+        return None
+    return tomllib.loads(path.read_text(encoding="utf-8"))

@@ -1,4 +1,5 @@
-"""The rating-prediction protocol runner: folds, fallback for unknown ids, clipping, summaries."""
+"""The rating-prediction protocol runner: folds as data, fallback for unknown ids, clipping,
+summaries; the fold builders (official ML-100K folds, seeded k-fold of any ratings file)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,17 @@ import pytest
 import scipy.sparse as sp
 
 from recsys_ebm.data.interactions import Interactions
-from recsys_ebm.data.movielens import load_movielens, load_official_fold
+from recsys_ebm.data.movielens import RatingScale, load_movielens, load_official_fold
+from recsys_ebm.experiments import runner
+from recsys_ebm.experiments.rating_data import (
+    build_rating_folds,
+    infer_rating_scale,
+    kfold_folds,
+    official_folds,
+)
 from recsys_ebm.experiments.rating_folds import (
-    evaluate_rating_folds,
+    RatingFolds,
+    evaluate_folds,
     fallback_ratings,
     predict_test_ratings,
 )
@@ -58,9 +67,8 @@ def test_predict_test_ratings_uses_the_model_only_for_known_pairs():
 
 def test_official_folds_known_answer(movielens_dir):
     calls = []
-    result = evaluate_rating_folds(UserMean, "100k", movielens_dir,
-                                   callback=lambda fold, epoch, m: calls.append((fold, epoch)),
-                                   download=False)
+    folds = official_folds(movielens_dir, download=False)
+    result = evaluate_folds(UserMean, folds, callback=lambda fold, epoch, m: calls.append((fold, epoch)))
     assert {"rmse", "rmse_std", "mae", "mae_std", "folds"} <= set(result)
     assert [f["fold"] for f in result["folds"]] == ["u1", "u2", "u3", "u4", "u5"]
     assert calls == [(f"u{k}", 1) for k in range(1, 6)]
@@ -83,7 +91,7 @@ def test_predictions_are_clipped_and_query_pattern_is_passed(movielens_dir):
         models.append(UserMean(shift=10.0, uses_query_pattern=True))
         return models[-1]
 
-    result = evaluate_rating_folds(factory, "100k", movielens_dir, folds=[2], download=False)
+    result = evaluate_folds(factory, official_folds(movielens_dir, download=False).select([2]))
     split = load_official_fold(2, movielens_dir, download=False)
     # everything the model predicts (mean + 10) is clipped to 5; fallback rows use the user's mean
     known_item = split.test["item_id"].isin(split.train["item_id"]).to_numpy()
@@ -98,23 +106,58 @@ def test_predictions_are_clipped_and_query_pattern_is_passed(movielens_dir):
 
 
 def test_kfold_on_latest_small(movielens_dir):
-    result = evaluate_rating_folds(UserMean, "latest-small", movielens_dir, protocol="kfold",
-                                   n_folds=5, seed=0, download=False)
+    dataset = runner.load_dataset("movielens", "latest-small", str(movielens_dir), download=False)
+    folds = build_rating_folds(dataset)  # not ML-100K: seeded 5-fold by default
+    assert folds.protocol == "kfold" and len(folds.folds) == 5 and folds.seed == 0
+    result = evaluate_folds(UserMean, folds)
     n_rows = len(load_movielens("latest-small", movielens_dir, download=False).ratings)
     assert sum(f["n_test"] for f in result["folds"]) == n_rows
     assert [f["fold"] for f in result["folds"]] == [f"fold{k}" for k in range(1, 6)]
     assert result["rating_scale"] == [0.5, 5.0, 0.5]
-    again = evaluate_rating_folds(UserMean, "latest-small", movielens_dir, protocol="kfold",
-                                  folds=[3], download=False)
+    again = evaluate_folds(UserMean, kfold_folds(dataset, 5, seed=0).select([3]))
     assert again["folds"][0]["rmse"] == result["folds"][2]["rmse"]
 
 
-def test_bad_arguments(movielens_dir):
-    with pytest.raises(ValueError, match="protocol"):
-        evaluate_rating_folds(UserMean, "100k", movielens_dir, protocol="loo", download=False)
+def test_variant_name_wrapper_matches_the_folds_as_data(movielens_dir):
+    from recsys_ebm.experiments.rating_folds import evaluate_rating_folds  # older callers' path
+
+    old = evaluate_rating_folds(UserMean, "100k", movielens_dir, folds=[1], download=False)
+    new = evaluate_folds(UserMean, official_folds(movielens_dir, download=False).select([1]))
+    assert old["rmse"] == new["rmse"] and old["mae"] == new["mae"] and old["folds"][0]["fold"] == "u1"
+    dataset = runner.load_dataset("movielens", "100k", str(movielens_dir), download=False)
+    assert build_rating_folds(dataset, data_dir=movielens_dir, download=False).protocol == "official-folds"
+
+
+def test_a_users_own_ratings_file_is_scored_by_seeded_kfold(tmp_path):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"who": rng.integers(0, 30, 600), "what": rng.integers(0, 40, 600),
+                          "stars": rng.integers(1, 11, 600) / 2.0}).drop_duplicates(["who", "what"])
+    path = tmp_path / "mine.csv"
+    frame.to_csv(path, index=False)
+    dataset = runner.load_dataset(str(path), user_col="who", item_col="what", rating_col="stars",
+                                  timestamp_col=None)
+    folds = build_rating_folds(dataset, n_folds=3, seed=4)
+    assert folds.dataset == "mine" and folds.protocol == "kfold"
+    assert folds.rating_scale == RatingScale(0.5, 5.0, 0.5)  # inferred from the file
+    result = evaluate_folds(lambda: UserMean(shift=100.0), folds)
+    assert sum(f["n_test"] for f in result["folds"]) == len(frame)
+    assert result["mae"] <= 4.5  # every prediction clipped to the inferred maximum 5.0
     with pytest.raises(ValueError, match="ml-100k only"):
-        evaluate_rating_folds(UserMean, "latest-small", movielens_dir, download=False)
+        build_rating_folds(dataset, "official-folds")
+    with pytest.raises(ValueError, match="two distinct"):
+        infer_rating_scale(np.ones(5))
+
+
+def test_bad_arguments(movielens_dir):
+    small = runner.load_dataset("movielens", "latest-small", str(movielens_dir), download=False)
+    ml100k = runner.load_dataset("movielens", "100k", str(movielens_dir), download=False)
+    with pytest.raises(ValueError, match="protocol"):
+        build_rating_folds(ml100k, "loo", data_dir=movielens_dir, download=False)
+    with pytest.raises(ValueError, match="ml-100k only"):
+        build_rating_folds(small, "official-folds", data_dir=movielens_dir, download=False)
     with pytest.raises(ValueError, match="5 folds"):
-        evaluate_rating_folds(UserMean, "100k", movielens_dir, n_folds=3, download=False)
+        build_rating_folds(ml100k, "official-folds", n_folds=3, data_dir=movielens_dir, download=False)
     with pytest.raises(ValueError, match="fold numbers"):
-        evaluate_rating_folds(UserMean, "100k", movielens_dir, folds=[0], download=False)
+        official_folds(movielens_dir, download=False).select([0])
+    with pytest.raises(ValueError, match="no folds"):
+        RatingFolds((), RatingScale(1.0, 5.0, 1.0))

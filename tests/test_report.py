@@ -16,17 +16,13 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from recsys_ebm.experiments import runner
 from recsys_ebm.cli import main
 from recsys_ebm.evaluation.beyond import beyond_accuracy, item_popularity
 from recsys_ebm.evaluation.evaluate import evaluate_ranking
-from recsys_ebm.experiments.report import (
-    ReportConfig,
-    _clean,
-    candidate_options,
-    compare,
-    load_grids,
-)
+from recsys_ebm.experiments import runner
+from recsys_ebm.experiments.report import compare
+from recsys_ebm.experiments.reporting import ReportConfig, clean_json
+from recsys_ebm.experiments.tuning import candidate_options, load_grids, tuned_defaults
 
 SEEDS = (0, 1)
 MODELS = ("dpebm", "pop", "itemknn")
@@ -52,15 +48,16 @@ def test_load_grids_is_the_cartesian_product_in_key_order(tmp_path):
 def test_candidates_merge_defaults_grid_and_overrides(tmp_path):
     (tmp_path / "ease.toml").write_text("[model]\nl2 = 500.0\nseed = 0\n")
     grids = {"ease": [{"l2": 100.0}, {"l2": 200.0}]}
-    config = ReportConfig(pipelines_dir=str(tmp_path))
-    assert candidate_options("ease", config, grids) == [{"l2": 100.0, "seed": 0}, {"l2": 200.0, "seed": 0}]
+    assert candidate_options("ease", grids["ease"], {}, tmp_path) == [{"l2": 100.0, "seed": 0},
+                                                                      {"l2": 200.0, "seed": 0}]
     # an override that fixes the grid's only key collapses the grid to one point
-    config = ReportConfig(pipelines_dir=str(tmp_path), overrides={"ease": {"l2": 7.0}})
-    assert candidate_options("ease", config, grids) == [{"l2": 7.0, "seed": 0}]
-    assert candidate_options("ease", ReportConfig(pipelines_dir=str(tmp_path), use_grids=False),
-                             grids) == [{"l2": 500.0, "seed": 0}]
+    assert candidate_options("ease", grids["ease"], {"l2": 7.0}, tmp_path) == [{"l2": 7.0, "seed": 0}]
+    # no grid (use_grids=False, or none declared): the tuned defaults alone
+    assert candidate_options("ease", None, {}, tmp_path) == [{"l2": 500.0, "seed": 0}]
     with pytest.raises(ValueError, match="unknown option"):
-        candidate_options("ease", config, {"ease": [{"factors": 3}]})
+        candidate_options("ease", [{"factors": 3}], {"l2": 7.0}, tmp_path)
+    # without a folder: the shipped pipelines/ease.toml
+    assert candidate_options("ease", None) == [tuned_defaults("ease")] and tuned_defaults("ease")
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -94,7 +91,7 @@ def test_compare_reports_difference_ci_and_winner():
 
 
 def test_clean_makes_strict_json():
-    cleaned = _clean({"a": np.float32(1.5), "b": float("nan"), "c": (np.int64(2), np.inf), "d": np.bool_(True)})
+    cleaned = clean_json({"a": np.float32(1.5), "b": float("nan"), "c": (np.int64(2), np.inf), "d": np.bool_(True)})
     assert cleaned == {"a": 1.5, "b": None, "c": [2, None], "d": True}
     json.dumps(cleaned, allow_nan=False)
 
@@ -270,7 +267,7 @@ def test_rating_report_on_official_fold_u1(tmp_path, movielens_dir):
                                    "surprise-svdpp", "surprise-knnbaseline"]
     rmse = {name: m["rmse"] for name, m in doc["models"].items()}
     assert all(m["folds"][0]["n_test"] == 20_000 for m in doc["models"].values())
-    # u1 with surprise defaults (issue 3's measurement): SVD 0.951; SVD++ and the CRBM below it
+    # u1 with surprise defaults (measured once): SVD 0.951; SVD++ and the CRBM below it
     assert rmse["surprise-svd"] == pytest.approx(0.951, abs=0.004)
     assert rmse["surprise-svdpp"] < rmse["surprise-svd"] and rmse["crbm"] < rmse["surprise-svd"]
     assert doc["models"]["surprise-svd"]["options"] == {"verbose": False, "random_state": 0}
@@ -286,7 +283,7 @@ def test_rating_report_on_official_fold_u1(tmp_path, movielens_dir):
 
 def test_rating_report_without_surprise(monkeypatch, caplog):
     from recsys_ebm.errors import MissingDependencyError
-    from recsys_ebm.experiments import report
+    from recsys_ebm.experiments import rating_report as report
 
     monkeypatch.setattr(report, "surprise_available", lambda: False)
     monkeypatch.setitem(__import__("sys").modules, "surprise", None)
@@ -333,7 +330,7 @@ def test_energy_pairs_are_held_out_positives_and_unseen_negatives():
 
 
 def test_verdict_when_the_reference_wins_states_the_gap_and_its_interval():
-    from recsys_ebm.experiments.report import _verdict
+    from recsys_ebm.experiments.render import _verdict
 
     row = {"reference": "dpebm", "model": "als", "metric": "ndcg@10", "reference_value": 0.45,
            "model_value": 0.44, "difference": 0.01, "relative": 0.01 / 0.44, "ci95": [0.002, 0.018],
@@ -346,3 +343,48 @@ def test_verdict_when_the_reference_wins_states_the_gap_and_its_interval():
                     "[0.0020, 0.0180], significant).")
     row.update(ci95=[-0.001, 0.021], significant=False)
     assert _verdict(document)[0].endswith("[-0.0010, 0.0210], not significant).")
+
+
+# ---------------------------------------------------------------- a user's file
+
+
+def _users_file(path: Path, with_ratings: bool) -> Path:
+    rng = np.random.default_rng(0)
+    rows = [(f"u{u}", f"i{i}", int(t)) for u in range(40) for t, i in
+            enumerate(rng.choice(30, size=int(rng.integers(6, 15)), replace=False))]
+    lines = ["user,item,stars,timestamp" if with_ratings else "user,item,timestamp"]
+    for u, i, t in rows:
+        lines.append(f"{u},{i},{1 + (t * 7 + len(u)) % 5},{t}" if with_ratings else f"{u},{i},{t}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_report_honours_the_column_flags_of_a_users_file(tmp_path):
+    csv = _users_file(tmp_path / "clicks.csv", with_ratings=False)
+    argv = ["report", "--dataset", str(csv), "--user-col", "user", "--item-col", "item",
+            "--rating-col", "", "--models", "pop,itemknn", "--seeds", "0", "--no-grid",
+            "--output-dir", str(tmp_path / "out"), "--no-mlflow", "--quiet", "--log-level", "WARNING"]
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = main(argv)
+    assert code == 0 and "report written to" in out.getvalue()
+    doc = json.loads((tmp_path / "out" / "clicks" / "random.json").read_text())
+    assert doc["dataset"]["n_users"] == 40
+    assert doc["dataset"]["n_train"] + doc["dataset"]["n_test"] == len(csv.read_text().splitlines()) - 1
+    assert list(doc["models"]) == ["pop", "itemknn"]
+    assert "--user-col 'user' --item-col 'item' --rating-col ''" in doc["config"]["command"]
+
+
+def test_rating_report_on_a_users_file_uses_seeded_folds(tmp_path):
+    from recsys_ebm.experiments.report import run_report
+
+    csv = _users_file(tmp_path / "stars.csv", with_ratings=True)
+    config = ReportConfig(dataset=str(csv), protocol="ratings", models=("bias",), mlflow=False,
+                          reader_options={"user_col": "user", "item_col": "item", "rating_col": "stars"},
+                          output_dir=str(tmp_path / "out"))
+    doc = run_report(config).document
+    bias = doc["models"]["bias"]
+    assert doc["protocol"]["folds"] == "kfold" and doc["dataset"]["rating_scale"] == [1.0, 5.0, 1.0]
+    assert [f["fold"] for f in bias["folds"]] == [f"fold{k}" for k in range(1, 6)]
+    assert sum(f["n_test"] for f in bias["folds"]) == len(csv.read_text().splitlines()) - 1
+    assert (tmp_path / "out" / "stars" / "ratings.md").is_file()

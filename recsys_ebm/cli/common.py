@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-from recsys_ebm.experiments import runner
 from recsys_ebm._compat import tomllib
+from recsys_ebm.config import read_pipeline
+from recsys_ebm.experiments import runner
 from recsys_ebm.models import MODELS, model_class
-
-#: Tuned defaults per model live in pipelines/<model>.toml; used when --config is not given.
-PIPELINES_DIR = Path(__file__).resolve().parents[2] / "pipelines"
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -80,13 +77,15 @@ def model_options_from_args(args, *, with_seed: bool = True) -> dict[str, Any]:
     """Options of ``args.model``: ``--config`` (default ``pipelines/<model>.toml`` when present)
     updated by every ``--set`` and, when ``with_seed``, by ``--seed``; validated here."""
     cls = model_class(args.model)
-    config = args.config
-    if config is None and (PIPELINES_DIR / f"{args.model}.toml").is_file():
-        config = PIPELINES_DIR / f"{args.model}.toml"
     overrides = dict(args.overrides)
     if with_seed and args.seed is not None:
         overrides["seed"] = args.seed
-    return runner.model_options(cls, config, overrides, table="model" if config else None)
+    if args.config is not None:
+        return runner.model_options(cls, args.config, overrides, table="model")
+    tuned = read_pipeline(args.model)  # the shipped pipelines/<model>.toml, None when absent
+    if tuned is not None and "model" not in tuned:
+        raise ValueError(f"pipelines/{args.model}.toml: no [model] table; found {sorted(tuned)}")
+    return runner.model_options(cls, None, overrides, defaults=tuned["model"] if tuned else None)
 
 
 def tracker_from_args(args, run_name: str):

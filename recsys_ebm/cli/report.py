@@ -1,4 +1,4 @@
-"""``recsys-ebm report``: every model tuned, refit and tested over seeds, as Markdown + JSON (issue 5)."""
+"""``recsys-ebm report``: every model tuned, refit and tested over seeds, as Markdown + JSON."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from recsys_ebm.models import MODELS
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
-    from recsys_ebm.experiments.report import DEFAULT_TEMPERATURES, REPORT_PROTOCOLS
+    from recsys_ebm.experiments.reporting import DEFAULT_TEMPERATURES, REPORT_PROTOCOLS
 
     report = sub.add_parser(
         "report", parents=[common],
@@ -42,6 +42,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 def cmd_report(args) -> int:
     from recsys_ebm.experiments import report
+    from recsys_ebm.experiments.render import summary_frame
 
     overrides: dict[str, dict[str, Any]] = {}
     for key, value in args.overrides:
@@ -52,15 +53,44 @@ def cmd_report(args) -> int:
     extra: dict[str, Any] = {"grids_file": args.grids} if args.grids else {}
     config = report.ReportConfig(
         dataset=args.dataset, variant=args.variant, data_dir=args.data_dir,
-        download=not args.no_download, protocol=args.protocol,
+        download=not args.no_download, reader_options=_reader_options(args), protocol=args.protocol,
         models=tuple(m.strip() for m in args.models.split(",")) if args.models else None,
         seeds=tuple(int(s) for s in args.seeds.split(",")), output_dir=args.output_dir,
         temperatures=tuple(float(t) for t in args.temperatures.split(",")),
         use_grids=not args.no_grid, overrides=overrides, threads=args.threads or None,
         experiment=args.experiment, tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow,
-        show_progress=not args.quiet, command=report.command_line(args), **extra)
+        show_progress=not args.quiet, command=command_line(args), **extra)
     result = report.run_report(config)
-    write_out(report.summary_frame(result.document).to_string(float_format=lambda v: f"{v:.4f}") + "\n")
+    write_out(summary_frame(result.document).to_string(float_format=lambda v: f"{v:.4f}") + "\n")
     write_out(f"report written to {result.markdown} (+ {result.json.name}, {len(result.plots)} plots) "
-           f"in {result.document['timing']['total_seconds'] / 60:.1f} min\n")
+              f"in {result.document['timing']['total_seconds'] / 60:.1f} min\n")
     return 0
+
+
+def _reader_options(args) -> dict[str, Any]:
+    """The column flags of a user's file, as ``evaluate`` reads them ('' means no such column)."""
+    if args.dataset == "movielens":
+        return {}
+    return {"user_col": args.user_col, "item_col": args.item_col,
+            "rating_col": args.rating_col or None, "timestamp_col": args.timestamp_col or None}
+
+
+def command_line(args) -> str:
+    """The ``recsys-ebm report`` command reproducing parsed CLI ``args`` (without paths)."""
+    parts = ["recsys-ebm report", f"--dataset {args.dataset}"]
+    if args.dataset == "movielens":
+        parts.append(f"--variant {args.variant}")
+    else:
+        defaults = {"user_col": "user_id", "item_col": "item_id", "rating_col": "rating",
+                    "timestamp_col": "timestamp"}
+        parts += [f"--{key.replace('_', '-')} {getattr(args, key)!r}"
+                  for key, default in defaults.items() if getattr(args, key) != default]
+    parts.append(f"--protocol {args.protocol}")
+    if args.models:
+        parts.append(f"--models {args.models}")
+    if args.seeds != "0,1,2":
+        parts.append(f"--seeds {args.seeds}")
+    if args.no_grid:
+        parts.append("--no-grid")
+    parts += [f"--set {key}={value}" for key, value in args.overrides]
+    return " ".join(parts)

@@ -135,7 +135,8 @@ def cmd_evaluate(args) -> int:
 
 def _evaluate_ratings(args) -> int:
     """RMSE / MAE over rating-prediction folds (docs/protocols.md), for explicit-feedback models."""
-    from recsys_ebm.experiments.rating_folds import evaluate_rating_folds
+    from recsys_ebm.experiments.rating_data import build_rating_folds
+    from recsys_ebm.experiments.rating_folds import evaluate_folds
 
     if args.model in RATING_BASELINES:
         if args.config is not None:
@@ -156,8 +157,8 @@ def _evaluate_ratings(args) -> int:
 
         def factory():
             return runner.build_model(args.model, options)
-    if args.dataset != "movielens":
-        raise ValueError("rating-prediction protocols run on MovieLens variants (--dataset movielens)")
+    folds = build_rating_folds(dataset_from_args(args), args.protocol, data_dir=args.data_dir,
+                               download=not args.no_download)
     set_threads(args.threads)
     with tracker_from_args(args, f"evaluate-{args.model}-{args.protocol}") as tracker:
         tracker.log_params({"model": args.model, "protocol": args.protocol, "config": options})
@@ -165,10 +166,7 @@ def _evaluate_ratings(args) -> int:
         def log_fold(fold: str, epoch: int, metrics: dict) -> None:
             tracker.log_metrics({f"{fold}_{k}": v for k, v in metrics.items()}, step=epoch)
 
-        result = evaluate_rating_folds(
-            factory, args.variant, args.data_dir,
-            protocol=args.protocol, callback=log_fold, show_progress=not args.quiet,
-            download=not args.no_download)
+        result = evaluate_folds(factory, folds, callback=log_fold, show_progress=not args.quiet)
         summary = {key: result[key] for key in ("rmse", "rmse_std", "mae", "mae_std")}
         tracker.log_metrics(summary)
         document = {"model": args.model, "dataset": result["dataset"], "protocol": args.protocol,

@@ -1,18 +1,20 @@
-"""Rating-prediction protocol (PROTOCOLS.md): train on each fold, RMSE/MAE on its test ratings.
+"""Rating prediction (``docs/protocols.md``): train on each fold, RMSE / MAE on its test ratings.
 
-- ``protocol="official-folds"``: ML-100K's official folds u1..u5 (``uK.base`` / ``uK.test``).
-- ``protocol="kfold"``: any variant, the rows permuted with ``seed`` and cut into ``n_folds``.
+The folds arrive as data (:class:`RatingFolds`: train / test frames of raw ids per fold and the
+rating scale), so any ratings file can be scored; ``rating_data`` builds them from a dataset
+(ML-100K's official folds u1..u5, a seeded k-fold of the rows otherwise).
 
 Id maps are fitted on each fold's training rows. Every test row is scored: a row whose user or
 item never occurs in that fold's training data gets the documented fallback of
 :func:`fallback_ratings` (the user's mean training rating when the user is known, else the item's
 mean, else the global mean), so every model is scored on exactly the same rows. Predictions are
-clipped to the variant's rating scale. The summary is the mean and the population standard
+clipped to the folds' rating scale. The summary is the mean and the population standard
 deviation (ddof = 0, as scikit-surprise's ``cross_validate`` reports) over the folds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -23,17 +25,47 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys_ebm.data.interactions import Interactions
-from recsys_ebm.data.movielens import get_variant, load_movielens, load_official_fold
-from recsys_ebm.data.split import Split, kfold
+from recsys_ebm.data.movielens import RatingScale
+from recsys_ebm.data.split import Split
 from recsys_ebm.evaluation.evaluate import evaluate_ratings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RatingModel", "evaluate_rating_folds", "fallback_ratings", "predict_test_ratings",
-           "PROTOCOLS"]
+__all__ = ["RatingFolds", "RatingModel", "evaluate_folds", "fallback_ratings",
+           "predict_test_ratings", "PROTOCOLS"]
 
 PROTOCOLS = ("official-folds", "kfold")
 FoldCallback = Callable[[str, int, dict], None]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RatingFolds:
+    """Rating-prediction folds over raw ids, and what they are (recorded in the results).
+
+    ``folds`` are ``(name, split)`` pairs: ``split.train`` / ``split.test`` frames with raw
+    ``user_id, item_id, rating``. ``rating_scale`` clips the predictions.
+    """
+
+    folds: tuple[tuple[str, Split], ...]
+    rating_scale: RatingScale
+    dataset: str = "ratings"
+    protocol: str = "kfold"
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.folds:
+            raise ValueError("no folds to evaluate")
+
+    def select(self, numbers: Sequence[int] | None) -> RatingFolds:
+        """The folds numbered ``numbers`` (1-based, in that order); None keeps all."""
+        if numbers is None:
+            return self
+        wanted = list(numbers)
+        n = len(self.folds)
+        bad = [k for k in wanted if not (isinstance(k, (int, np.integer)) and 1 <= k <= n)]
+        if bad or not wanted:
+            raise ValueError(f"folds must be fold numbers in 1..{n}, got {numbers!r}")
+        return dataclasses.replace(self, folds=tuple(self.folds[k - 1] for k in wanted))
 
 
 class RatingModel(Protocol):
@@ -104,46 +136,17 @@ def _test_pattern(train: Interactions, test: pd.DataFrame) -> sp.csr_matrix:
     return out
 
 
-def _load_folds(dataset_variant: str, data_dir, protocol: str, n_folds: int, seed: int,
-                download: bool) -> list[tuple[str, Split]]:
-    variant = get_variant(dataset_variant)
-    if protocol == "official-folds":
-        if variant.name != "ml-100k":
-            raise ValueError(f"protocol 'official-folds' exists for ml-100k only, not {variant.name}; "
-                             "use protocol='kfold'")
-        if n_folds != 5:
-            raise ValueError(f"the official ML-100K protocol has 5 folds (u1..u5), got n_folds={n_folds}")
-        return [(f"u{k}", load_official_fold(k, data_dir, download=download)) for k in range(1, 6)]
-    data = load_movielens(variant, data_dir, download=download)
-    return [(f"fold{k + 1}", split) for k, split in enumerate(kfold(data.ratings, n_folds, seed))]
-
-
-def evaluate_rating_folds(
-    model_factory: Callable[[], RatingModel],
-    dataset_variant: str = "100k",
-    data_dir=None,
-    protocol: str = "official-folds",
-    n_folds: int = 5,
-    seed: int = 0,
-    callback: FoldCallback | None = None,
-    show_progress: bool = False,
-    *,
-    folds: Sequence[int] | None = None,
-    download: bool = True,
-) -> dict[str, Any]:
+def evaluate_folds(model_factory: Callable[[], RatingModel], folds: RatingFolds,
+                   callback: FoldCallback | None = None,
+                   show_progress: bool = False) -> dict[str, Any]:
     """Train a fresh model on every fold and score its test ratings.
 
     Parameters
     ----------
     model_factory : ``model_factory()`` returns an unfitted model (see :class:`RatingModel`).
-    dataset_variant : MovieLens variant (``"100k"``, ``"latest-small"``, ...).
-    data_dir : folder holding the variant (see ``recsys_ebm.data.movielens``).
-    protocol : ``"official-folds"`` (ML-100K u1..u5) or ``"kfold"`` (seeded row permutation).
-    n_folds, seed : the k-fold split (``official-folds`` needs ``n_folds == 5``; seed unused).
+    folds : the folds (``RatingFolds.select`` runs a subset).
     callback : ``callback(fold_name, epoch, metrics)`` after every training epoch.
     show_progress : forwarded to ``fit`` (tqdm bar per fold).
-    folds : 1-based fold numbers to run (default all), e.g. ``[1]`` for u1 alone.
-    download : allow downloading a missing variant.
 
     Returns
     -------
@@ -153,51 +156,9 @@ def evaluate_rating_folds(
     process, all threads: comparable on a shared machine), ``predict_seconds``, ``best_epoch``),
     ``protocol``, ``dataset``, ``n_folds``, ``seed``, ``rating_scale``.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    variant = get_variant(dataset_variant)
-    all_folds = _load_folds(variant.name, data_dir, protocol, n_folds, seed, download)
-    if folds is not None:
-        wanted = list(folds)
-        bad = [k for k in wanted if not (isinstance(k, (int, np.integer)) and 1 <= k <= len(all_folds))]
-        if bad or not wanted:
-            raise ValueError(f"folds must be fold numbers in 1..{len(all_folds)}, got {folds!r}")
-        all_folds = [all_folds[k - 1] for k in wanted]
-    scale = variant.rating_scale
-    results = []
-    for name, split in all_folds:
-        train = Interactions.from_frame(split.train, name=f"{name} train")
-        ratings = train.rating_matrix
-        model = model_factory()
-        fit_kwargs: dict[str, Any] = {"show_progress": show_progress}
-        if callback is not None:
-            fit_kwargs["callback"] = lambda epoch, metrics, _name=name: callback(_name, epoch, metrics)
-        if getattr(model, "uses_query_pattern", False):
-            fit_kwargs["implicit"] = _test_pattern(train, split.test)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        model.fit(ratings, **fit_kwargs)
-        fit_seconds = time.perf_counter() - start
-        fit_cpu_seconds = time.process_time() - cpu_start
-        start = time.perf_counter()
-        pred, known = predict_test_ratings(model, train, split.train, split.test)
-        predict_seconds = time.perf_counter() - start
-        scores = evaluate_ratings(pred, split.test["rating"].to_numpy(), clip=(scale.min, scale.max))
-        history = getattr(model, "history", None)
-        fold = {
-            "fold": name,
-            "rmse": scores["rmse"],
-            "mae": scores["mae"],
-            "n_test": scores["n"],
-            "n_fallback": int((~known).sum()),
-            "n_train": int(ratings.nnz),
-            "fit_seconds": fit_seconds,
-            "fit_cpu_seconds": fit_cpu_seconds,
-            "predict_seconds": predict_seconds,
-            "best_epoch": int(getattr(history, "best_epoch", 0)),
-        }
-        logger.info("%s: rmse %.4f mae %.4f (%d test rows, %d by fallback), fit %.1fs",
-                    name, fold["rmse"], fold["mae"], fold["n_test"], fold["n_fallback"], fit_seconds)
-        results.append(fold)
+    scale = folds.rating_scale
+    results = [_evaluate_fold(model_factory, name, split, scale, callback, show_progress)
+               for name, split in folds.folds]
     rmses = np.array([f["rmse"] for f in results])
     maes = np.array([f["mae"] for f in results])
     return {
@@ -206,9 +167,56 @@ def evaluate_rating_folds(
         "mae": float(maes.mean()),
         "mae_std": float(maes.std()),
         "folds": results,
-        "protocol": protocol,
-        "dataset": variant.name,
+        "protocol": folds.protocol,
+        "dataset": folds.dataset,
         "n_folds": len(results),
-        "seed": seed,
+        "seed": folds.seed,
         "rating_scale": [scale.min, scale.max, scale.step],
     }
+
+
+def _evaluate_fold(model_factory: Callable[[], RatingModel], name: str, split: Split,
+                   scale: RatingScale, callback: FoldCallback | None,
+                   show_progress: bool) -> dict[str, Any]:
+    train = Interactions.from_frame(split.train, name=f"{name} train")
+    ratings = train.rating_matrix
+    model = model_factory()
+    fit_kwargs: dict[str, Any] = {"show_progress": show_progress}
+    if callback is not None:
+        fit_kwargs["callback"] = lambda epoch, metrics: callback(name, epoch, metrics)
+    if getattr(model, "uses_query_pattern", False):
+        fit_kwargs["implicit"] = _test_pattern(train, split.test)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    model.fit(ratings, **fit_kwargs)
+    fit_seconds = time.perf_counter() - start
+    fit_cpu_seconds = time.process_time() - cpu_start
+    start = time.perf_counter()
+    pred, known = predict_test_ratings(model, train, split.train, split.test)
+    predict_seconds = time.perf_counter() - start
+    scores = evaluate_ratings(pred, split.test["rating"].to_numpy(), clip=(scale.min, scale.max))
+    history = getattr(model, "history", None)
+    fold = {
+        "fold": name,
+        "rmse": scores["rmse"],
+        "mae": scores["mae"],
+        "n_test": scores["n"],
+        "n_fallback": int((~known).sum()),
+        "n_train": int(ratings.nnz),
+        "fit_seconds": fit_seconds,
+        "fit_cpu_seconds": fit_cpu_seconds,
+        "predict_seconds": predict_seconds,
+        "best_epoch": int(getattr(history, "best_epoch", 0)),
+    }
+    logger.info("%s: rmse %.4f mae %.4f (%d test rows, %d by fallback), fit %.1fs",
+                name, fold["rmse"], fold["mae"], fold["n_test"], fold["n_fallback"], fit_seconds)
+    return fold
+
+
+def __getattr__(name: str):
+    # ``evaluate_rating_folds(factory, variant, data_dir, ...)`` loads MovieLens by variant name:
+    # it lives with the fold builders in ``rating_data``; kept reachable here for older callers
+    if name == "evaluate_rating_folds":
+        from recsys_ebm.experiments.rating_data import evaluate_rating_folds
+
+        return evaluate_rating_folds
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,9 @@
 """End-to-end jobs behind the CLI: dataset -> split -> fit (with validation) -> evaluate -> track.
 
-Data flows one way (DESIGN.md): raw frame -> split -> id maps fitted on train -> train/test CSRs
-of the same shape -> fit -> evaluate. Raw ids reappear only in artifacts and exports.
+Data flows one way (``docs/protocols.md``): raw frame -> split -> id maps fitted on train ->
+train/test CSRs of the same shape -> fit -> evaluate. Raw ids reappear only in artifacts and
+exports. Fitting with validation (early stop then refit) is ``tuning.fit_with_validation``,
+re-exported here with ``build_model`` and ``model_input``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from recsys_ebm.data.interactions import Interactions
-from recsys_ebm.data.movielens import load_movielens
+from recsys_ebm.data.movielens import RatingScale, load_movielens
 from recsys_ebm.data.readers import read_interactions
 from recsys_ebm.data.split import (
     Split,
@@ -28,14 +30,18 @@ from recsys_ebm.data.split import (
     temporal_holdout,
 )
 from recsys_ebm.evaluation.evaluate import RankingResult, evaluate_ranking
-from recsys_ebm.models import model_class
+from recsys_ebm.experiments.tuning import build_model, fit_with_validation, model_input
 from recsys_ebm.models.base import Recommender
 
 logger = logging.getLogger(__name__)
 
-#: Top-N protocols of PROTOCOLS.md; "strong" folds held-out users in at evaluation time.
+__all__ = ["KS", "RANKING_PROTOCOLS", "VALIDATION_SEED", "Dataset", "PreparedData", "build_model", "evaluate_model", "fit_with_validation",
+           "load_dataset", "make_split", "model_input", "model_options", "prepare",
+           "sample_recommendations"]
+
+#: Top-N protocols of docs/protocols.md; "strong" folds held-out users in at evaluation time.
 RANKING_PROTOCOLS = ("random", "temporal", "loo", "strong")
-#: Seed of the validation split carved from train (PROTOCOLS: a different seed from the test split).
+#: Seed of the validation split carved from train (a different seed from the test split).
 VALIDATION_SEED = 1
 #: Cut-offs reported for every ranking evaluation.
 KS = (5, 10, 20, 50)
@@ -50,6 +56,10 @@ class Dataset:
     items: pd.DataFrame | None
     checksum: str
     source: str
+    #: the MovieLens variant (``ml-100k``, ...) it was loaded as; None for a user's file
+    variant: str | None = None
+    #: the allowed ratings when known (MovieLens); None for a user's file
+    rating_scale: RatingScale | None = None
 
 
 def load_dataset(dataset: str, variant: str = "100k", data_dir: str | None = None,
@@ -57,7 +67,8 @@ def load_dataset(dataset: str, variant: str = "100k", data_dir: str | None = Non
     """``dataset="movielens"`` loads a MovieLens variant; any other value is a CSV/Parquet path."""
     if dataset == "movielens":
         data = load_movielens(variant, data_dir, download)
-        return Dataset(data.name, data.ratings, data.items, data.checksum, str(data.path))
+        return Dataset(data.name, data.ratings, data.items, data.checksum, str(data.path),
+                       variant=data.name, rating_scale=data.rating_scale)
     path = Path(dataset)
     if not path.exists():
         raise FileNotFoundError(
@@ -69,7 +80,7 @@ def load_dataset(dataset: str, variant: str = "100k", data_dir: str | None = Non
 
 
 def make_split(frame: pd.DataFrame, protocol: str, seed: int = 0) -> Split:
-    """The top-N test split of PROTOCOLS.md (users with < 5 interactions dropped first)."""
+    """The top-N test split of docs/protocols.md (users with < 5 interactions dropped first)."""
     frame = filter_min_interactions(frame, 5)
     if protocol == "random":
         return random_holdout(frame, 0.2, seed=seed)
@@ -117,47 +128,6 @@ def _validation_split(train: pd.DataFrame, protocol: str) -> Split:
     return random_holdout(train, 0.2, seed=VALIDATION_SEED)
 
 
-def model_input(model: Recommender, interactions: Interactions):
-    """The users x items CSR a model fits on: ratings for explicit models, else binary."""
-    return interactions.rating_matrix if model.fits_ratings else interactions.user_items
-
-
-def build_model(name: str, options: dict[str, Any] | None = None) -> Recommender:
-    """A model from its registry name and config options (unknown options raise ValueError)."""
-    cls = model_class(name)
-    config = cls.config_class.from_dict(options or {})
-    return cls(config)
-
-
-def fit_with_validation(name: str, options: dict[str, Any], data: PreparedData, *,
-                        refit: bool = True, callback=None, show_progress: bool = True) -> Recommender:
-    """Early-stop on the validation split, then (``refit``) retrain on all of train for the best
-    number of epochs, so the final model sees every training interaction."""
-    model = build_model(name, options)
-    model.fit(model_input(model, data.fit_part), validation=model_input(model, data.validation),
-              callback=_prefixed(callback, "select_"), show_progress=show_progress)
-    best = model.history.best_epoch
-    logger.info("%s: best validation epoch %d (%s)", name, best, model.history.best_value)
-    if not refit:
-        return model
-    refit_options = dict(options)
-    # models trained in epochs refit for the best number; the others (closed form, or a fixed
-    # iteration count that is a tuned hyperparameter) refit with the same options
-    if "epochs" in {field.name for field in dataclasses.fields(model.config)}:
-        refit_options["epochs"] = max(best, 1)
-    final = build_model(name, refit_options)
-    final.fit(model_input(final, data.train), callback=callback, show_progress=show_progress)
-    final.history.best_epoch = best
-    final.history.best_value = model.history.best_value
-    return final
-
-
-def _prefixed(callback, prefix: str):
-    if callback is None:
-        return None
-    return lambda epoch, metrics: callback(epoch, {prefix + k: v for k, v in metrics.items()})
-
-
 def evaluate_model(model: Recommender, data: PreparedData, ks=KS,
                    show_progress: bool = False) -> RankingResult:
     """Full-catalog ranking metrics on the test target (fold-in for strong generalization)."""
@@ -185,11 +155,14 @@ def sample_recommendations(model: Recommender, data: PreparedData, items: pd.Dat
 
 
 def model_options(cls: type[Recommender], config_file: str | None, overrides: dict[str, Any],
-                  table: str | None = None) -> dict[str, Any]:
-    """Options from a TOML file's ``[table]`` (if any) updated by command-line overrides."""
+                  table: str | None = None, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Options from a TOML file's ``[table]`` (if any; else ``defaults``, e.g. the tuned
+    ``[model]`` table of ``pipelines/<model>.toml``) updated by command-line overrides."""
     options: dict[str, Any] = {}
     if config_file is not None:
         options.update(dataclasses.asdict(cls.config_class.from_toml(config_file, table)))
+    elif defaults is not None:
+        options.update(dataclasses.asdict(cls.config_class.from_dict(defaults)))
     options.update(overrides)
     cls.config_class.from_dict(options)  # validate early, with the field's name in the error
     return options
