@@ -453,7 +453,7 @@ def test_config_from_toml_lists(tmp_path):
 @pytest.mark.slow
 def test_end_to_end_ml100k_u1(movielens_dir):
     """A few epochs of the item-based conditional RBM on the official u1 fold beat 1.0 RMSE."""
-    from recsys_ebm.experiments.rating_folds import evaluate_rating_folds
+    from recsys_ebm.experiments.rating_data import evaluate_rating_folds
 
     config = CRBMConfig(epochs=8, lr=0.01, mean_field=True, momentum_epochs=0, cd_schedule=((1, 1),))
     result = evaluate_rating_folds(lambda: CRBM(config), "100k", movielens_dir, folds=[1],

@@ -119,7 +119,7 @@ def test_kfold_on_latest_small(movielens_dir):
 
 
 def test_variant_name_wrapper_matches_the_folds_as_data(movielens_dir):
-    from recsys_ebm.experiments.rating_folds import evaluate_rating_folds  # older callers' path
+    from recsys_ebm.experiments.rating_data import evaluate_rating_folds
 
     old = evaluate_rating_folds(UserMean, "100k", movielens_dir, folds=[1], download=False)
     new = evaluate_folds(UserMean, official_folds(movielens_dir, download=False).select([1]))

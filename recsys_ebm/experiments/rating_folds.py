@@ -210,13 +210,3 @@ def _evaluate_fold(model_factory: Callable[[], RatingModel], name: str, split: S
     logger.info("%s: rmse %.4f mae %.4f (%d test rows, %d by fallback), fit %.1fs",
                 name, fold["rmse"], fold["mae"], fold["n_test"], fold["n_fallback"], fit_seconds)
     return fold
-
-
-def __getattr__(name: str):
-    # ``evaluate_rating_folds(factory, variant, data_dir, ...)`` loads MovieLens by variant name:
-    # it lives with the fold builders in ``rating_data``; kept reachable here for older callers
-    if name == "evaluate_rating_folds":
-        from recsys_ebm.experiments.rating_data import evaluate_rating_folds
-
-        return evaluate_rating_folds
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
