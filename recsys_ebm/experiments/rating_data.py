@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from recsys_ebm.data.movielens import RatingScale, get_variant, load_official_fold
+from recsys_ebm.data.movielens import load_official_fold
 from recsys_ebm.data.split import kfold
+from recsys_ebm.data.variants import RatingScale, get_variant
 from recsys_ebm.experiments import runner
 from recsys_ebm.experiments.rating_folds import (
     PROTOCOLS,

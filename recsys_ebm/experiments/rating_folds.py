@@ -25,8 +25,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys_ebm.data.interactions import Interactions
-from recsys_ebm.data.movielens import RatingScale
 from recsys_ebm.data.split import Split
+from recsys_ebm.data.variants import RatingScale
 from recsys_ebm.evaluation.evaluate import evaluate_ratings
 
 logger = logging.getLogger(__name__)

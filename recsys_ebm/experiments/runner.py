@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from recsys_ebm.data.interactions import Interactions
-from recsys_ebm.data.movielens import RatingScale, load_movielens
+from recsys_ebm.data.movielens import load_movielens
 from recsys_ebm.data.readers import read_interactions
 from recsys_ebm.data.split import (
     Split,
@@ -29,6 +29,7 @@ from recsys_ebm.data.split import (
     random_holdout,
     temporal_holdout,
 )
+from recsys_ebm.data.variants import RatingScale
 from recsys_ebm.evaluation.evaluate import RankingResult, evaluate_ranking
 from recsys_ebm.experiments.tuning import build_model, fit_with_validation, model_input
 from recsys_ebm.models.base import Recommender
