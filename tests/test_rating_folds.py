@@ -9,7 +9,8 @@ import pytest
 import scipy.sparse as sp
 
 from recsys_ebm.data.interactions import Interactions
-from recsys_ebm.data.movielens import RatingScale, load_movielens, load_official_fold
+from recsys_ebm.data.movielens import load_movielens, load_official_fold
+from recsys_ebm.data.variants import RatingScale
 from recsys_ebm.experiments import runner
 from recsys_ebm.experiments.rating_data import (
     build_rating_folds,
