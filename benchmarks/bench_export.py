@@ -64,8 +64,8 @@ def worker(args: argparse.Namespace) -> None:
                                      filter_already_liked_items=True)
             seconds = time.perf_counter() - started
     elif args.worker == "exact":
+        from recsys_ebm.data.sparse import canonical_csr
         from recsys_ebm.ranking.factored import rank_vectors
-        from recsys_ebm.ranking.topk import canonical_csr
 
         started = time.perf_counter()
         ids, _, _ = rank_vectors(user_factors, item_factors, np.zeros(item_factors.shape[0], np.float32),

@@ -35,8 +35,8 @@ METHODS = ("exact", "sampled")
 
 
 def worker(args: argparse.Namespace) -> None:
+    from recsys_ebm.data.sparse import canonical_csr
     from recsys_ebm.ranking.factored import rank_vectors
-    from recsys_ebm.ranking.topk import canonical_csr
 
     config = data_config(args)
     user_items = canonical_csr(load_data(config))

@@ -49,8 +49,9 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from recsys_ebm.config import Config, check
+from recsys_ebm.data.sparse import canonical_csr
 from recsys_ebm.io import atomic_path, atomic_write_bytes
-from recsys_ebm.ranking.topk import canonical_csr
+from recsys_ebm.ranking.topk import item_mask
 from recsys_ebm.ranking.vectors import has_vectors
 
 logger = logging.getLogger(__name__)
@@ -146,6 +147,8 @@ def export_recommendations(
     show_progress: bool = True,
     tracker: Any = None,
     on_chunk: Callable[[int, int], None] | None = None,
+    filter_items: Any = None,
+    filter_seen: bool = True,
     **options: Any,
 ) -> ExportResult:
     """Write every trained user's top-k unseen items (or k sampled ones) to ``output``.
@@ -155,6 +158,8 @@ def export_recommendations(
     model : a fitted ``Recommender`` (or a model served through an index).
     output : ``.csv`` for CSV, anything else Parquet.
     user_items : CSR (n_users, n_items) of items never to export; default: the model's seen set.
+    filter_items : item ids (or a bool mask) never to export for anyone: a block-list.
+    filter_seen : False exports the users' seen items too.
     raw_user_ids, raw_item_ids : (n_users,), (n_items,) external ids; default internal ids.
     config / options : :class:`ExportConfig` (``k``, ``temperature``, ``seed``, ``chunk_size``...).
     resume : continue from the finished chunks of an interrupted export to the same path.
@@ -165,7 +170,7 @@ def export_recommendations(
         raise ValueError("pass either a config or keyword options, not both")
     config = config if config is not None else ExportConfig.from_dict(options)
     output = Path(output)
-    job = _Job(model, config, user_items, raw_user_ids, raw_item_ids)
+    job = _Job(model, config, user_items, raw_user_ids, raw_item_ids, filter_items, filter_seen)
     manifest = job.manifest(output)
     parts = parts_dir(output)
     done = _prepare_parts(parts, manifest, resume)
@@ -192,8 +197,11 @@ class _Job:
     """What one export ranks: the model, its users and items, the items left out."""
 
     def __init__(self, model: Any, config: ExportConfig, user_items: Any, raw_user_ids: Any,
-                 raw_item_ids: Any):
+                 raw_item_ids: Any, filter_items: Any = None, filter_seen: bool = True):
         self.model, self.config = model, config
+        self.filter_seen = bool(filter_seen)
+        # the items anyone may receive: the catalog minus the block-list
+        self.allowed = None if filter_items is None else item_mask(int(model.n_items), None, filter_items)
         self.n_users, self.n_items = int(model.n_users), int(model.n_items)
         self.exclude = None if user_items is None else canonical_csr(
             user_items, (self.n_users, self.n_items), "user_items")
@@ -218,6 +226,8 @@ class _Job:
             "model": _model_digest(self.model, self.n_users),
             "data": _digest(self.raw_users, self.raw_items,
                             *(() if seen is None else (seen.indptr, seen.indices))),
+            "filter_seen": self.filter_seen,
+            "filter_items": None if self.allowed is None else _digest(self.allowed),
         }
 
     def chunk(self, lo: int, hi: int) -> pa.Table:
@@ -227,6 +237,7 @@ class _Job:
         ids, scores, prob = self.model.recommend(
             users, None if self.exclude is None else self.exclude[lo:hi], k=cfg.k,
             temperature=cfg.temperature, rng=cfg.seed, with_probabilities=True,
+            filter_seen=self.filter_seen, items=self.allowed,
             n_threads=cfg.n_threads or None, batch_size=cfg.batch_size or None)
         with np.errstate(invalid="ignore"):
             energy = np.where(ids >= 0, -scores, np.nan).astype(np.float32)

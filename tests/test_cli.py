@@ -92,13 +92,12 @@ def _recommended(out: str, label: str) -> list[int]:
 
 def test_recommend_leaves_out_the_users_training_items(trained, capsys, movielens_dir):
     from recsys_ebm.experiments import runner
-    from recsys_ebm.io import load_seen_items
 
     dataset = runner.load_dataset("movielens", "100k", str(movielens_dir), download=False)
     split = runner.make_split(dataset.ratings, "random", seed=0)
     train_items = set(split.train.loc[split.train["user_id"] == 1, "item_id"])
     model = load_model(trained["out"])
-    seen = load_seen_items(trained["out"])
+    seen = model.seen_items  # saved with the model: the interactions it was fitted on
     assert seen.shape == (model.n_users, model.n_items) and seen.nnz == len(split.train)
     assert main(["recommend", "--model-path", str(trained["out"]), "--user", "1", "--k", "50"]) == 0
     filtered = _recommended(capsys.readouterr().out, "user 1")
@@ -125,14 +124,37 @@ def test_recommend_bad_history_is_a_clear_error(trained, caplog, history, messag
     assert code == 2 and message in caplog.text
 
 
-def test_recommend_without_seen_file_warns_and_still_serves(trained, tmp_path, capsys, caplog):
+def _legacy_copy(trained_dir: Path, target: Path, with_seen_file: bool) -> None:
+    """A model directory as train wrote it before the seen set was part of the model files:
+    no seen tensors in weights.pt, the training pattern (or nothing) in seen_items.npz."""
     import shutil
 
-    from recsys_ebm.io import SEEN_FILE
+    import torch
 
+    from recsys_ebm.io import WEIGHTS_FILE, save_seen_items
+
+    shutil.copytree(trained_dir, target)
+    tensors = torch.load(target / WEIGHTS_FILE, weights_only=True)
+    seen = load_model(trained_dir).seen_items
+    torch.save({k: v for k, v in tensors.items() if not k.startswith("seen.")}, target / WEIGHTS_FILE)
+    if with_seen_file:
+        save_seen_items(target, seen)
+
+
+def test_models_saved_with_a_seen_file_still_leave_it_out(trained, tmp_path, capsys):
     old = tmp_path / "old-model"
-    shutil.copytree(trained["out"], old)
-    (old / SEEN_FILE).unlink()
+    _legacy_copy(trained["out"], old, with_seen_file=True)
+    assert load_model(old).seen_items.nnz == load_model(trained["out"]).seen_items.nnz
+    for path in (trained["out"], old):
+        assert main(["recommend", "--model-path", str(path), "--user", "1", "--k", "20"]) == 0
+    new_list, old_list = (_recommended(block, "user 1") for block in capsys.readouterr().out.split("\n")[:2])
+    assert new_list == old_list and len(new_list) == 20
+
+
+def test_recommend_without_any_seen_set_warns_and_still_serves(trained, tmp_path, capsys, caplog):
+    old = tmp_path / "old-model"
+    _legacy_copy(trained["out"], old, with_seen_file=False)
+    assert load_model(old).seen_items is None
     assert main(["recommend", "--model-path", str(old), "--user", "1", "--k", "5"]) == 0
     assert len(_recommended(capsys.readouterr().out, "user 1")) == 5
     assert "are not left out" in caplog.text

@@ -265,14 +265,6 @@ def test_training_variants_learn(ratings, options):
     assert (model.module.D is None) == (options.get("conditional") is False)
 
 
-def test_refit_retrains_on_all_ratings_for_the_best_epoch_count(ratings):
-    first = CRBM(orientation="item", **{**SMALL, "patience": 3}).fit(ratings, show_progress=False)
-    model = CRBM(orientation="item", **{**SMALL, "patience": 3, "refit": True}).fit(ratings, show_progress=False)
-    assert len(model.history.epochs) == first.history.best_epoch
-    assert "val_rmse" not in model.history.epochs[-1]
-    assert len(model.data.indices) == ratings.nnz  # nothing held out any more
-
-
 def test_recommend_filters_seen(fitted, ratings):
     ids, scores = fitted.recommend(np.arange(10), ratings, k=5)
     assert ids.shape == (10, 5)
@@ -384,7 +376,7 @@ def test_stored_zeros_and_duplicates_leave_the_input_alone():
 def test_too_few_ratings_to_carve_a_validation_split_train_without_one():
     # 0.05 of 7 ratings is none: no early stopping, every epoch runs
     few = sp.csr_matrix(np.array([[1, 2, 0], [2, 1, 1], [0, 1, 2]], dtype=np.float32))
-    model = CRBM(n_hidden=2, epochs=3, val_fraction=0.05, refit=True).fit(few, show_progress=False)
+    model = CRBM(n_hidden=2, epochs=3, val_fraction=0.05).fit(few, show_progress=False)
     assert len(model.history.epochs) == 3 and "val_rmse" not in model.history.epochs[-1]
     assert model.data.levels.size == few.nnz
 

@@ -9,10 +9,11 @@ import pytest
 import scipy.sparse as sp
 
 from benchmarks.synthetic import SyntheticConfig, generate
+from recsys_ebm.data.sparse import canonical_csr
 from recsys_ebm.models.dot_ebm import DotEBM
 from recsys_ebm.ranking.factored import FactorScorer, auto_batch_size, rank_vectors, run_blocks
 from recsys_ebm.ranking.sampling import sample_top_k, softmax_probabilities
-from recsys_ebm.ranking.topk import apply_masks, canonical_csr, item_mask, top_k
+from recsys_ebm.ranking.topk import apply_masks, item_mask, top_k
 
 
 @pytest.fixture(scope="module")

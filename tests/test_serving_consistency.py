@@ -125,6 +125,19 @@ def test_filter_items_block_list_on_every_path(trained, ratings_file, tmp_path):
     for user in USERS:
         assert not set(blocked) & set(again[user])
         assert again[user][:K - len(blocked)] == [i for i in served[user] if i not in blocked][:K - len(blocked)]
+    frame = _export_lists(trained["ease"], ratings_file, tmp_path / "blocked.parquet", 0.0, flag)
+    assert not frame.item_id.isin(blocked).any()
+    exported = {str(u): group.item_id.tolist() for u, group in frame.groupby("user_id")}
+    assert {u: exported[u] for u in USERS} == again
+
+
+def test_include_seen_on_every_path(trained, ratings_file, tmp_path):
+    served = _cli_lists(trained["pop"], 0.0, ("--include-seen",))
+    frame = _export_lists(trained["pop"], ratings_file, tmp_path / "seen.parquet", 0.0, ("--include-seen",))
+    exported = {str(u): group.item_id.tolist() for u, group in frame.groupby("user_id")}
+    assert {u: exported[u] for u in USERS} == served
+    # popularity with nothing left out serves every user the same list
+    assert len({tuple(v) for v in served.values()}) == 1
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])

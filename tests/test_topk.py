@@ -13,10 +13,10 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recsys_ebm.data.sparse import canonical_csr
 from recsys_ebm.ranking.topk import (
     align_rows,
     apply_masks,
-    canonical_csr,
     check_k,
     check_temperature,
     item_mask,

@@ -103,6 +103,11 @@ def set_threads(threads: int) -> None:
 
 
 
+def split_ids(text: str) -> list[str]:
+    """``"50, 172,181"`` -> ``["50", "172", "181"]`` (empty entries dropped)."""
+    return [entry.strip() for entry in text.split(",") if entry.strip()]
+
+
 def write_out(text: str) -> None:
     """The CLI's only way to stdout (the library logs instead)."""
     sys.stdout.write(text)

@@ -10,6 +10,7 @@ from recsys_ebm.cli.common import (
     dataset_from_args,
     model_options_from_args,
     parse_override,
+    split_ids,
     tracker_from_args,
     write_out,
 )
@@ -43,6 +44,10 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                      help="0 = exact ranking (probabilities reported at T = 1); > 0 samples k "
                           "distinct items from softmax(-E/T)")
     out.add_argument("--seed", type=int, default=0, help="sampling seed when temperature > 0")
+    out.add_argument("--filter-items", default=None, metavar="ITEM,...",
+                     help="raw item ids never exported (a block-list)")
+    out.add_argument("--include-seen", action="store_true",
+                     help="export the users' seen items too (the interactions the model was fitted on)")
     out.add_argument("--resume", action="store_true",
                      help="continue an interrupted export to the same --output from its finished chunks")
     out.add_argument("--chunk-size", type=int, default=16384, help="users per resumable chunk")
@@ -60,7 +65,9 @@ def cmd_export(args) -> int:
     with tracker_from_args(args, f"export-{args.model}") as tracker:
         result = export_job(dataset, args.output, model_name=args.model, model_path=args.model_path,
                             options=options, refit=not args.no_refit, config=config,
-                            resume=args.resume, index=args.index, tracker=tracker, show_progress=not args.quiet)
+                            resume=args.resume, index=args.index,
+                            filter_items=None if args.filter_items is None else split_ids(args.filter_items),
+                            filter_seen=not args.include_seen, tracker=tracker, show_progress=not args.quiet)
         run_id = tracker.run_id
     write_out(f"exported {result.n_rows:,} rows for {result.n_users:,} users to {result.path} "
            f"in {result.seconds:.1f} s ({result.users_per_second:,.0f} users/s"

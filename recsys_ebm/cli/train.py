@@ -15,12 +15,13 @@ from recsys_ebm.cli.common import (
     dataset_from_args,
     model_options_from_args,
     set_threads,
+    split_ids,
     tracker_from_args,
     write_out,
 )
 from recsys_ebm.evaluation.evaluate import format_table
 from recsys_ebm.experiments import runner
-from recsys_ebm.experiments.jobs import saved_id_maps, serving_model
+from recsys_ebm.experiments.jobs import raw_to_index, saved_id_maps, serving_model
 from recsys_ebm.io import atomic_write_bytes
 from recsys_ebm.models import model_class
 from recsys_ebm.models.rating_baselines import RATING_BASELINES, make_rating_baseline
@@ -191,10 +192,11 @@ def cmd_recommend(args) -> int:
         raise ValueError("recommend needs --user RAW_ID (repeatable) or --history ITEM[,ITEM...]")
     options = {"k": args.k, "temperature": args.temperature, "rng": args.seed,
                "filter_seen": not args.include_seen,
-               "filter_items": _raw_items(args.filter_items, item_map, "--filter-items")}
+               "filter_items": None if args.filter_items is None else raw_to_index(
+                   item_map, split_ids(args.filter_items), "--filter-items")}
     lines = []
     if args.users:
-        users = _raw_users(args.users, user_map)
+        users = raw_to_index(user_map, args.users, "--user")
         if model.seen_items is None and not args.include_seen:
             logger.warning("%s has no seen set (saved before it was kept with the model): items "
                            "the users already have are not left out", args.model_path)
@@ -207,39 +209,6 @@ def cmd_recommend(args) -> int:
         lines.append(_format_row("new user", item_map, ids[0], scores[0]))
     write_out("\n".join(lines) + "\n")
     return 0
-
-
-def _raw_users(raw_users: list[str], user_map):
-    """Trained users' internal ids from raw ids given on the command line."""
-    import numpy as np
-
-    try:
-        raw = np.asarray(raw_users).astype(user_map.raw_ids.dtype)
-    except ValueError:
-        raise ValueError(f"--user: user ids must be of the model's id type ({user_map.raw_ids.dtype}), "
-                         f"got {raw_users}") from None
-    try:
-        return user_map.to_index(raw)
-    except KeyError as exc:
-        raise KeyError(f"--user: {exc.args[0]}: not a user of this model") from None
-
-
-def _raw_items(text: str | None, item_map, flag: str):
-    """Internal item ids of a comma-separated list of raw item ids (None when not given)."""
-    import numpy as np
-
-    if text is None:
-        return None
-    entries = [e.strip() for e in text.split(",") if e.strip()]
-    try:
-        raw = np.asarray(entries).astype(item_map.raw_ids.dtype)
-    except ValueError:
-        raise ValueError(f"{flag}: item ids must be of the model's id type ({item_map.raw_ids.dtype}), "
-                         f"got {entries}") from None
-    try:
-        return item_map.to_index(raw)
-    except KeyError as exc:
-        raise KeyError(f"{flag}: {exc.args[0]}: not an item of this model") from None
 
 
 def _format_row(label: str, item_map, row, row_scores) -> str:

@@ -14,8 +14,8 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from recsys_ebm.data.sparse import canonical_csr
 from recsys_ebm.evaluation.metrics import (
-    _canonical_csr,
     coverage_at_k,
     hit_matrix,
     hit_rate_at_k,
@@ -156,7 +156,8 @@ def _check_matrices(model: SupportsRecommend, train_user_items, test_user_items
     model_items = getattr(model, "n_items", None)
     if model_items is not None and model_items != test_user_items.shape[1]:
         raise ValueError(f"the matrices have {test_user_items.shape[1]} items, the model has {model_items}")
-    train, test = _canonical_csr(train_user_items), _canonical_csr(test_user_items)
+    train = canonical_csr(train_user_items, name="train_user_items", drop_zeros=True)
+    test = canonical_csr(test_user_items, name="test_user_items", drop_zeros=True)
     overlap = train.multiply(test).nnz
     if overlap:
         logger.warning("%d test interactions are also in train; they are filtered from the ranking "

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from recsys_ebm.data.sparse import canonical_csr
+
 __all__ = [
     "hit_matrix",
     "precision_at_k",
@@ -255,7 +257,7 @@ def hit_matrix(rec_ids: np.ndarray, test_user_items: sp.spmatrix | sp.sparray) -
         raise ValueError(
             f"test_user_items must be a scipy.sparse matrix, got {type(test_user_items).__name__}"
         )
-    test = _canonical_csr(test_user_items)
+    test = canonical_csr(test_user_items, name="test_user_items", drop_zeros=True)
     n, n_items = test.shape
     rec_ids = _check_rec_ids(rec_ids, n_items)
     if rec_ids.shape[0] != n:
@@ -275,15 +277,6 @@ def hit_matrix(rec_ids: np.ndarray, test_user_items: sp.spmatrix | sp.sparray) -
     query = np.arange(n, dtype=np.int64)[:, None] * n_items + np.where(valid, rec_ids, 0)
     pos = np.minimum(np.searchsorted(keys, query), keys.size - 1)
     return valid & (keys[pos] == query)
-
-
-def _canonical_csr(matrix: sp.spmatrix | sp.sparray) -> sp.csr_matrix:
-    """A copy as CSR with sorted indices, no duplicates and no stored zeros."""
-    out = sp.csr_matrix(matrix, copy=True)
-    out.sum_duplicates()
-    out.eliminate_zeros()
-    out.sort_indices()
-    return out
 
 
 def _check_pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -45,7 +45,8 @@ def serving_model(model_path: str | Path, index: str | None = None) -> Recommend
 def export_job(dataset: Any, output: str | Path, *, model_name: str = "dpebm",
                model_path: str | Path | None = None, options: dict[str, Any] | None = None,
                refit: bool = True, config: ExportConfig | None = None, resume: bool = False,
-               index: str | None = None, tracker: Any = None,
+               index: str | None = None, filter_items: list[str] | None = None,
+               filter_seen: bool = True, tracker: Any = None,
                show_progress: bool = True) -> ExportResult:
     """``recsys-ebm export``: a saved model (``model_path``), or ``model_name`` trained first
     with ``options`` the way ``recsys-ebm train`` does (random protocol, early stopping on a
@@ -59,6 +60,8 @@ def export_job(dataset: Any, output: str | Path, *, model_name: str = "dpebm",
     dataset : a :class:`recsys_ebm.experiments.runner.Dataset` (``runner.load_dataset``).
     index : serve through a FAISS index of this kind (``flat``, ``hnsw``, ``ivf``); needs
         ``model_path`` (the index is saved beside the model).
+    filter_items : raw item ids never exported (a block-list); ``filter_seen=False`` exports
+        the users' seen items too.
     """
     config = config if config is not None else ExportConfig()
     if model_path is not None:
@@ -85,6 +88,24 @@ def export_job(dataset: Any, output: str | Path, *, model_name: str = "dpebm",
                             **({f"model.{k}": v for k, v in (options or {}).items()})})
         tracker.log_dataset(dataset.name, dataset.checksum, source=dataset.source,
                             n_users=len(user_map), n_items=len(item_map))
+    blocked = None if filter_items is None else raw_to_index(item_map, filter_items, "--filter-items")
     return export_recommendations(model, output, raw_user_ids=user_map.raw_ids,
                                   raw_item_ids=item_map.raw_ids, config=config, resume=resume,
-                                  show_progress=show_progress, tracker=tracker)
+                                  show_progress=show_progress, tracker=tracker,
+                                  filter_items=blocked, filter_seen=filter_seen)
+
+
+def raw_to_index(id_map: IdMap, raw_ids: list[str], what: str):
+    """Internal ids of raw ids given as text (command line, request), in the map's id type;
+    ``ValueError`` / ``KeyError`` name ``what`` and the offending id."""
+    import numpy as np
+
+    try:
+        raw = np.asarray(raw_ids).astype(id_map.raw_ids.dtype)
+    except ValueError:
+        raise ValueError(f"{what}: ids must be of the model's id type ({id_map.raw_ids.dtype}), "
+                         f"got {list(raw_ids)}") from None
+    try:
+        return id_map.to_index(raw)
+    except KeyError as exc:
+        raise KeyError(f"{what}: {exc.args[0]}: not known to this model") from None

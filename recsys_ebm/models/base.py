@@ -11,11 +11,11 @@ from collections.abc import Callable
 import numpy as np
 import scipy.sparse as sp
 
+from recsys_ebm.data.sparse import canonical_csr
 from recsys_ebm.ranking.factored import rank_vectors
 from recsys_ebm.ranking.select import select
 from recsys_ebm.ranking.topk import (
     align_rows,
-    canonical_csr,
     check_k,
     check_temperature,
     item_mask,
@@ -45,17 +45,6 @@ def check_user_items(user_items, n_rows: int | None = None, n_items: int | None 
     if user_items.nnz and (not np.all(np.isfinite(user_items.data))):
         raise ValueError("user_items contains NaN or inf values")
     return user_items
-
-
-def binarize(user_items: sp.csr_matrix) -> sp.csr_matrix:
-    """A 0/1 float32 copy of a validated CSR with sorted indices; the caller's matrix (often
-    ratings) is left untouched. Stored zeros are dropped first: they are not interactions."""
-    binary = user_items.copy()
-    binary.sum_duplicates()
-    binary.eliminate_zeros()
-    binary.data[:] = 1.0
-    binary.sort_indices()
-    return binary
 
 
 def check_user_ids(user_ids, n_users: int | None) -> np.ndarray:

@@ -37,12 +37,12 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from recsys_ebm.config import Config, check
+from recsys_ebm.data.sparse import binarize
 from recsys_ebm.errors import ModelFitError
 from recsys_ebm.io import save_model_dir
 from recsys_ebm.models.base import (
     EpochCallback,
     Recommender,
-    binarize,
     check_user_ids,
     check_user_items,
 )

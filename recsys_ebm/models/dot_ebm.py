@@ -36,13 +36,13 @@ import torch
 from torch import nn
 
 from recsys_ebm.config import Config, check
+from recsys_ebm.data.sparse import binarize
 from recsys_ebm.errors import ModelFitError
 from recsys_ebm.io import save_model_dir
 from recsys_ebm.models.base import (
     EmbeddingMixin,
     EpochCallback,
     Recommender,
-    binarize,
     check_user_ids,
     check_user_items,
 )

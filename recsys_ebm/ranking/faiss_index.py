@@ -44,7 +44,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys_ebm.config import Config, check
-from recsys_ebm.ranking.topk import canonical_csr, check_k, item_mask, mask_rows, top_k
+from recsys_ebm.data.sparse import canonical_csr
+from recsys_ebm.ranking.topk import check_k, item_mask, mask_rows, top_k
 from recsys_ebm.ranking.vectors import (
     augment_items,
     augment_users,

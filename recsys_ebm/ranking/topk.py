@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from recsys_ebm.data.sparse import canonical_csr
+
 
 def check_k(k: Any) -> int:
     """``k`` as an int; ``ValueError`` unless it is an integer >= 1."""
@@ -67,20 +69,6 @@ def item_mask(n_items: int, items: Any = None, filter_items: Any = None) -> np.n
     if filter_items is not None:
         mask &= ~_id_mask(filter_items, n_items, "filter_items")
     return mask
-
-
-def canonical_csr(matrix: Any, shape: tuple[int, int] | None = None, name: str = "user_items"
-                  ) -> sp.csr_matrix:
-    """CSR with sorted, unique column indices (copied only when needed), shape checked."""
-    if not sp.issparse(matrix):
-        raise ValueError(f"{name} must be a scipy.sparse matrix, got {type(matrix).__name__}")
-    matrix = sp.csr_matrix(matrix)
-    if shape is not None and matrix.shape != tuple(shape):
-        raise ValueError(f"{name} has shape {matrix.shape}, expected {tuple(shape)}")
-    if not matrix.has_canonical_format:
-        matrix = matrix.copy()
-        matrix.sum_duplicates()  # also sorts the indices
-    return matrix
 
 
 def align_rows(user_items: sp.csr_matrix | None, user_ids: np.ndarray, n_users: int | None,

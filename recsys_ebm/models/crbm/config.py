@@ -33,7 +33,6 @@ class CRBMConfig(Config):
     init_std : W ~ N(0, init_std^2); b starts at the log frequencies of each unit's levels.
     val_fraction : share of the training ratings carved out for early stopping (0: none).
     patience : epochs without a better validation RMSE before stopping.
-    refit : after early stopping, retrain from scratch on all ratings for the best epoch count.
     score_type, score_threshold : ``score`` ranks by the expected rating ("expected") or by
         P(rating >= score_threshold) ("p_at_least").
     levels : the K rating values; None infers them from the training ratings.
@@ -65,7 +64,6 @@ class CRBMConfig(Config):
     init_std: float = 0.01
     val_fraction: float = 0.05
     patience: int = 10
-    refit: bool = False
     score_type: str = "expected"
     score_threshold: float = 4.0
     levels: tuple[float, ...] | None = None
@@ -73,6 +71,13 @@ class CRBMConfig(Config):
     fold_in_lr: float = 0.05
     num_threads: int = 1
     seed: int = 0
+
+    @classmethod
+    def from_saved(cls, values: dict) -> CRBMConfig:
+        """Models saved with the retired ``refit`` option (early stop, then retrain inside
+        ``fit``; the experiments' tuning does that now) load with it dropped: it only ever
+        changed how a model was trained, never how a trained one scores."""
+        return super().from_saved({k: v for k, v in values.items() if k != "refit"})
 
     def __post_init__(self) -> None:
         # TOML / JSON give lists; keep tuples so the config stays hashable and frozen

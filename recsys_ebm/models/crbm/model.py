@@ -135,9 +135,6 @@ class CRBM(Recommender):
         if self.uses_query_pattern and val_csr is not None:
             queries = pattern(val_csr) if queries is None else pattern(queries + pattern(val_csr))
         history = self._train(train_csr, val_csr, queries, self.config.epochs, callback, show_progress)
-        if self.config.refit and val_csr is not None and validation is None:
-            history = self._refit_on_all_ratings(level_csr, extra, history.best_epoch, callback,
-                                                 show_progress)
         self.history = history
         return self
 
@@ -173,14 +170,6 @@ class CRBM(Recommender):
             logger.info("no validation ratings: training %d epochs without early stopping", cfg.epochs)
             return level_csr, None
         return train_csr, val_csr
-
-    def _refit_on_all_ratings(self, level_csr: sp.csr_matrix, implicit: sp.csr_matrix | None,
-                              epochs: int, callback: EpochCallback | None,
-                              show_progress: bool) -> TrainingHistory:
-        """The ``refit`` option: after early stopping on ratings carved from the training ones,
-        train again from scratch (same seed) on all of them for the best epoch count found."""
-        logger.info("refitting on all %d ratings for %d epochs", level_csr.nnz, epochs)
-        return self._train(level_csr, None, implicit, epochs, callback, show_progress)
 
     def _training_cases(self, train_csr: sp.csr_matrix, queries: sp.csr_matrix | None) -> CaseData:
         """The cases of a level CSR; with ``include_queries`` the asked pairs join r."""
