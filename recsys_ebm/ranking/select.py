@@ -144,6 +144,7 @@ def logsumexp_rows(scores: np.ndarray, row_max: np.ndarray, work: np.ndarray | N
     if work is None or work.size < min(step, n) * n_items:
         work = np.empty(min(step, n) * n_items, dtype=np.float32)
     total = np.empty(n)
+    ones = np.ones(n_items, dtype=np.float32)
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
         for start in range(0, n, step):
             stop = min(start + step, n)
@@ -154,6 +155,6 @@ def logsumexp_rows(scores: np.ndarray, row_max: np.ndarray, work: np.ndarray | N
                 np.subtract(scores[start:stop], shift32[start:stop], out=buffer)
                 np.multiply(buffer, np.float32(LOG2E), out=buffer)
             np.exp2(buffer, out=buffer)  # exp(x) = exp2(x log2 e): float32 exp2 is twice as fast
-            total[start:stop] = buffer.sum(axis=1)
+            total[start:stop] = buffer @ ones  # a BLAS product sums faster than a reduction
         out[ok] = (np.log(total) + shift)[ok]
     return out
