@@ -15,3 +15,11 @@ class ModelFitError(RuntimeError):
 
 class MissingDependencyError(ImportError):
     """An optional extra is not installed; says which one and how to install it."""
+
+
+class ConcurrentWriteError(RuntimeError):
+    """Another process is writing the same model directory or export right now."""
+
+
+class ModelFileError(ValueError):
+    """A saved model or index is incomplete, corrupted or does not match its manifest."""

@@ -1,4 +1,4 @@
-"""Atomic directory writes and the seen-items file saved beside a model."""
+"""The seen-items file older versions saved beside a model (still read for those models)."""
 
 from __future__ import annotations
 
@@ -6,29 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys_ebm.io import SEEN_FILE, atomic_dir, load_seen_items, save_seen_items
-
-
-def test_atomic_dir_replaces_the_whole_directory_on_success(tmp_path):
-    target = tmp_path / "model"
-    target.mkdir()
-    (target / "old.txt").write_text("old")
-    with atomic_dir(target) as staging:
-        (staging / "new.txt").write_text("new")
-        assert not (target / "new.txt").exists()  # nothing visible until the block ends
-    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
-    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no staging left behind
-
-
-def test_interrupted_atomic_dir_leaves_the_previous_result_intact(tmp_path):
-    target = tmp_path / "model"
-    target.mkdir()
-    (target / "weights.pt").write_text("previous")
-    with pytest.raises(KeyboardInterrupt), atomic_dir(target) as staging:
-        (staging / "weights.pt").write_text("half-written")
-        raise KeyboardInterrupt
-    assert (target / "weights.pt").read_text() == "previous"
-    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+from recsys_ebm.io import SEEN_FILE, load_seen_items, save_seen_items
 
 
 def test_seen_items_round_trip_as_a_binary_pattern(tmp_path):

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from recsys_ebm.atomic import check_replaceable
 from recsys_ebm.cli.common import (
     add_data_args,
     add_model_args,
@@ -22,7 +23,7 @@ from recsys_ebm.cli.common import (
 from recsys_ebm.evaluation.evaluate import format_table
 from recsys_ebm.experiments import runner
 from recsys_ebm.experiments.jobs import raw_to_index, saved_id_maps, serving_model
-from recsys_ebm.io import atomic_write_bytes
+from recsys_ebm.io import atomic_write_bytes, is_model_dir
 from recsys_ebm.models import model_class
 from recsys_ebm.models.rating_baselines import RATING_BASELINES, make_rating_baseline
 from recsys_ebm.ranking.faiss_index import INDEX_KINDS
@@ -99,6 +100,7 @@ def _train_and_evaluate(args, tracker) -> tuple[runner.Dataset, runner.PreparedD
 
 def cmd_train(args) -> int:
     output = Path(args.output_dir or Path("outputs") / args.dataset.replace("/", "_") / args.model)
+    check_replaceable(output.absolute(), is_model_dir)  # before any training, not after it
     with tracker_from_args(args, f"train-{args.model}") as tracker:
         dataset, data, model, result = _train_and_evaluate(args, tracker)
         # the model files hold its seen set (the interactions it was fitted on) and the id maps

@@ -420,9 +420,13 @@ class DotEBM(EmbeddingMixin, Recommender):
     @classmethod
     def load(cls, path) -> DotEBM:
         model, tensors, meta = cls._load_dir(path, MODEL_NAME)
-        model.user_factors = tensors["user_factors"].numpy()
-        model.item_factors = tensors["item_factors"].numpy()
-        model.item_bias = tensors["item_bias"].numpy()
+        dim, n_users, n_items = model.config.dim, model.n_users, model.n_items
+        model.user_factors = tensors.expect("user_factors", (n_users, dim)).numpy()
+        model.item_factors = tensors.expect("item_factors", (n_items, dim)).numpy()
+        model.item_bias = tensors.expect("item_bias", (n_items,)).numpy()
+        if model.config.user_model == "history":
+            tensors.expect("encoder_weight", (n_items, dim))
+            tensors.expect("encoder_bias", (dim,))
         model.module = DotEBMModule(model.n_users if model.config.user_model == "free" else 0,
                                     model.n_items, model.config, torch.Generator().manual_seed(0))
         with torch.no_grad():

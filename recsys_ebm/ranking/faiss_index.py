@@ -33,8 +33,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,8 +41,11 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
+from recsys_ebm.atomic import atomic_directory
 from recsys_ebm.config import Config, check
 from recsys_ebm.data.sparse import canonical_csr
+from recsys_ebm.errors import ModelFileError
+from recsys_ebm.io import sha256_of
 from recsys_ebm.ranking.topk import check_k, item_mask, mask_rows, top_k
 from recsys_ebm.ranking.vectors import (
     augment_items,
@@ -390,27 +391,16 @@ class EnergyIndex:
                              f"the model's items are {actual[:12]}; rebuild the index")
 
     def save(self, path: str | Path) -> Path:
-        """Write ``index.faiss`` + ``index.json`` to directory ``path`` (temporary dir + rename)."""
+        """Write ``index.faiss`` + ``index.json`` (with the SHA-256 of the index file) to
+        directory ``path``, swapped in whole; only a saved index there is replaced."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
-            faiss.write_index(self.index, str(tmp / INDEX_FILE))
+        with atomic_directory(path, lambda p: (p / META_FILE).is_file()) as staging:
+            faiss.write_index(self.index, str(staging / INDEX_FILE))
             meta = {"config": self.config.to_dict(), "fingerprint": self.fingerprint,
                     "n_items": self.n_items, "dim": self.dim, "transformed": self.transformed,
                     "ef_search": self.ef_search, "nprobe": self.nprobe,
-                    "faiss_version": faiss.__version__}
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                    "faiss_version": faiss.__version__, "sha256": sha256_of(staging / INDEX_FILE)}
+            (staging / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         return path
 
     @classmethod
@@ -420,8 +410,16 @@ class EnergyIndex:
         for needed in (path / INDEX_FILE, path / META_FILE):
             if not needed.is_file():
                 raise FileNotFoundError(f"{path} is not a saved index: {needed.name} is missing")
-        meta = json.loads((path / META_FILE).read_text())
-        index = faiss.read_index(str(path / INDEX_FILE))
+        meta = _read_meta(path)
+        if "sha256" in meta and sha256_of(path / INDEX_FILE) != meta["sha256"]:
+            raise ModelFileError(f"{path / INDEX_FILE} does not match the SHA-256 in {META_FILE}: "
+                                 "the index file was changed or corrupted; delete the directory "
+                                 "to rebuild it")
+        try:
+            index = faiss.read_index(str(path / INDEX_FILE))
+        except RuntimeError as exc:
+            raise ModelFileError(f"{path / INDEX_FILE}: not a readable FAISS index "
+                                 f"({str(exc).splitlines()[0][:200]})") from None
         if index.ntotal != meta["n_items"]:
             raise ValueError(f"{path}: index holds {index.ntotal} vectors, metadata says {meta['n_items']}")
         out = cls(index, IndexConfig.from_dict(meta["config"]), meta["fingerprint"],
@@ -430,6 +428,17 @@ class EnergyIndex:
         if model is not None:
             out.check(model)
         return out
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+        for key in ("config", "fingerprint", "n_items", "dim", "transformed"):
+            meta[key]  # noqa: B018 - presence check
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelFileError(f"{path / META_FILE}: not an index description written by recsys-ebm "
+                             f"({type(exc).__name__}: {exc})") from None
+    return meta
 
 
 def index_path(model_dir: str | Path, kind: str) -> Path:

@@ -451,7 +451,14 @@ class CRBM(Recommender):
     def load(cls, path) -> CRBM:
         model, tensors, meta = cls._load_dir(path, MODEL_NAME)
         model.levels = tensors["levels"].numpy().astype(np.float64)
-        n_units, n_levels, n_hidden = tensors["W"].shape
+        n_units = model.n_items if model.config.orientation == "user" else model.n_users
+        n_hidden = model.config.n_hidden
+        tensors.expect("W", (n_units, len(model.levels), n_hidden))
+        tensors.expect("b", (n_units, len(model.levels)))
+        tensors.expect("c", (n_hidden,))
+        if "D" in tensors:
+            tensors.expect("D", (n_units, n_hidden))
+        n_levels = len(model.levels)
         module = CRBMModule(n_units, n_levels, n_hidden, "D" in tensors, torch.Generator().manual_seed(0))
         module.requires_grad_(False)
         with torch.no_grad():

@@ -1,0 +1,181 @@
+"""Directories written whole or not at all, never deleting what the toolkit did not write.
+
+A directory is built in a *staging* sibling (``.NAME.staging-PID-XXXX``, marked with a file
+naming the writing process) and then put into place:
+
+* when nothing is at the path, by a rename that refuses to replace anything;
+* when a directory the caller recognises as its own (a saved model) is there, by an atomic
+  exchange of the two directories (Linux ``renameat2(RENAME_EXCHANGE)``), so that at every
+  instant the path holds a complete directory, the old one or the new one; the old one is then
+  removed. Where the exchange is not available the old directory is first renamed to a marked
+  ``.NAME.old-PID-XXXX`` sibling, and :func:`recover` puts it back if the process died in
+  between;
+* anything else at the path (a file, a directory that is not the caller's) is left untouched and
+  is an error naming it.
+
+Writers of one path exclude each other with a lock file ``.NAME.lock`` (``flock``): the second
+gets :class:`~recsys_ebm.errors.ConcurrentWriteError` at once. Staging and old siblings left by
+killed processes are removed by the next writer, only when they carry the marker and their
+process is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from recsys_ebm.errors import ConcurrentWriteError, DataError
+
+logger = logging.getLogger(__name__)
+
+#: the file that marks a sibling as the toolkit's own work in progress; it holds the writer's PID
+MARKER = ".recsys-ebm-staging"
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+
+
+def _renameat2(source: Path, target: Path, flags: int) -> bool:
+    """``renameat2`` with ``flags``; False when the system or filesystem does not support it."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    if not hasattr(libc, "renameat2"):
+        return False
+    result = libc.renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), flags)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(target))
+
+
+def _mark(directory: Path) -> None:
+    (directory / MARKER).write_text(str(os.getpid()))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _ours_and_abandoned(sibling: Path) -> bool:
+    marker = sibling / MARKER
+    try:
+        pid = int(marker.read_text().strip())
+    except (OSError, ValueError):
+        return False  # no marker: not ours, never touched
+    return pid != os.getpid() and not _process_alive(pid)
+
+
+def clean_stale(target: Path) -> None:
+    """Remove the staging and old siblings of ``target`` left by processes that are gone."""
+    for sibling in target.parent.glob(f".{target.name}.*-*"):
+        if sibling.is_dir() and (".staging-" in sibling.name or ".old-" in sibling.name) \
+                and _ours_and_abandoned(sibling):
+            logger.info("removing %s, left by an interrupted write", sibling)
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def recover(target: Path, is_complete: Callable[[Path], bool]) -> None:
+    """Put back the previous directory when a writer died between the two renames of the
+    fallback swap (nothing at ``target``, a complete marked ``.NAME.old-*`` beside it)."""
+    target = Path(target)
+    if target.exists():
+        return
+    for old in sorted(target.parent.glob(f".{target.name}.old-*")):
+        if old.is_dir() and _ours_and_abandoned(old) and is_complete(old):
+            (old / MARKER).unlink(missing_ok=True)
+            os.rename(old, target)
+            logger.warning("restored %s from %s, left by an interrupted save", target, old.name)
+            return
+
+
+@contextlib.contextmanager
+def exclusive(target: Path) -> Iterator[None]:
+    """Hold the write lock of ``target``; another holder makes this raise at once."""
+    lock_path = target.parent / f".{target.name}.lock"
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConcurrentWriteError(
+                f"{target} is being written by another process; wait for it to finish "
+                "or write somewhere else") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike, is_ours: Callable[[Path], bool]) -> Iterator[Path]:
+    """Yield an empty staging directory; on success it replaces ``target`` whole.
+
+    ``is_ours(path)`` tells whether an existing directory may be replaced (a saved model, say);
+    an empty directory may always be. On an error or interruption the staging directory is
+    removed and ``target`` is untouched.
+    """
+    target = Path(target).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(target):
+        recover(target, is_ours)
+        clean_stale(target)
+        check_replaceable(target, is_ours)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-{os.getpid()}-",
+                                        dir=target.parent))
+        _mark(staging)
+        try:
+            yield staging
+            _put_in_place(staging, target, is_ours)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        # the marker travelled with the new directory; a crash before this line leaves only a
+        # harmless extra file in a complete directory
+        (target / MARKER).unlink(missing_ok=True)
+
+
+def check_replaceable(target: Path, is_ours: Callable[[Path], bool]) -> None:
+    """``DataError`` unless ``target`` is free, an empty directory or one ``is_ours`` accepts
+    (callers check before long work, so that nothing is computed for a path that will refuse)."""
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise DataError(f"{target} exists and is not a directory; it was left untouched: "
+                        "choose another path")
+    if target.is_dir() and any(target.iterdir()) and not is_ours(target):
+        raise DataError(f"{target} exists and is not a directory this toolkit wrote (it would be "
+                        "replaced); it was left untouched: choose another path or empty it")
+
+
+def _put_in_place(staging: Path, target: Path, is_ours: Callable[[Path], bool]) -> None:
+    """Move the finished ``staging`` to ``target`` (see the module docstring)."""
+    if not target.exists():
+        if not _renameat2(staging, target, _RENAME_NOREPLACE):
+            os.rename(staging, target)  # refuses a non-empty directory that appeared meanwhile
+        return
+    check_replaceable(target, is_ours)
+    if _renameat2(staging, target, _RENAME_EXCHANGE):
+        old = staging  # the exchange left the previous directory at the staging path
+    else:
+        old = target.with_name(f".{target.name}.old-{os.getpid()}-{staging.name[-8:]}")
+        _mark(target)  # marked before it moves: a crash between the renames is recoverable
+        os.rename(target, old)
+        os.rename(staging, target)
+    _mark(old)
+    shutil.rmtree(old, ignore_errors=True)
