@@ -49,11 +49,20 @@ def select(scores: np.ndarray, k: int, temperature: float, seed: int, keys: np.n
 
 
 def log_probabilities(values: np.ndarray, log_norm: np.ndarray, temperature: float) -> np.ndarray:
-    """log p = s / T - log Z of selected scores (n, k), clipped at 0 (rounding between the
-    scores and the partition must not give p > 1); -inf for padding."""
-    with np.errstate(invalid="ignore", over="ignore"):
+    """log p = s / T - log Z of selected scores (n, k); -inf for padding.
+
+    Z is summed from float32 weights, so rounding can put a near-certain item a few 1e-8 above
+    probability 1, or a list's total above 1: such rows are scaled back to a total of exactly 1
+    (a change far below the weights' own precision), so p is in [0, 1] and sums to at most 1.
+    """
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         log_p = np.minimum(values.astype(np.float64) / temperature - log_norm[:, None], 0.0)
-    log_p[~np.isfinite(values)] = -np.inf
+        log_p[~np.isfinite(values)] = -np.inf
+        finite = np.isfinite(log_p)
+        top = np.max(np.where(finite, log_p, -np.inf), axis=1, initial=-np.inf)
+        total = top + np.log(np.where(finite, np.exp(log_p - top[:, None]), 0.0).sum(axis=1))
+    over = np.isfinite(total) & (total > 0)
+    log_p[over] -= total[over, None]
     return log_p
 
 
