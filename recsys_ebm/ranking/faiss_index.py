@@ -46,6 +46,7 @@ from recsys_ebm.config import Config, check
 from recsys_ebm.data.sparse import canonical_csr
 from recsys_ebm.errors import ModelFileError
 from recsys_ebm.io import sha256_of
+from recsys_ebm.ranking.neighbours import eligible_counts, filter_seen, mips_to_l2, next_pow2
 from recsys_ebm.ranking.topk import check_k, item_mask, mask_rows, top_k
 from recsys_ebm.ranking.vectors import (
     augment_items,
@@ -233,7 +234,7 @@ class EnergyIndex:
         item_fingerprint = fingerprint(item_vectors, item_biases)
         transformed = config.kind != "flat" and config.metric == "l2"
         if transformed:
-            items = _mips_to_l2(items)
+            items = mips_to_l2(items)
         width = items.shape[1]
         metric = faiss.METRIC_L2 if transformed else faiss.METRIC_INNER_PRODUCT
         if config.kind == "flat":
@@ -340,13 +341,13 @@ class EnergyIndex:
         if mask is not None:
             selector = faiss.IDSelectorBatch(np.flatnonzero(mask).astype(np.int64))
         n_seen = np.diff(exclude.indptr) if exclude is not None else np.zeros(n, dtype=np.int64)
-        eligible = _eligible_counts(exclude, mask, self.n_items, n)
+        eligible = eligible_counts(exclude, mask, self.n_items, n)
         want = np.minimum(eligible, k)
         out = np.full((n, k), -1, dtype=np.int64)
         found = np.zeros(n, dtype=np.int64)
         # exactly k when nothing is excluded; otherwise k + n_seen rounded up to a power of two,
         # so that rows share a handful of search calls
-        fetch = np.minimum(np.where(n_seen > 0, _next_pow2(k + n_seen), k), self.n_items)
+        fetch = np.minimum(np.where(n_seen > 0, next_pow2(k + n_seen), k), self.n_items)
         pending = np.flatnonzero(want > 0)
         for _ in range(max_rounds):
             if pending.size == 0:
@@ -354,7 +355,7 @@ class EnergyIndex:
             for size in np.unique(fetch[pending]):
                 rows = pending[fetch[pending] == size]
                 ids = self._raw_search(queries[rows], int(size), selector)
-                got, count = _filter_seen(ids, rows, exclude, self.n_items, k)
+                got, count = filter_seen(ids, rows, exclude, self.n_items, k)
                 better = count > found[rows]
                 out[rows[better]] = got[better]
                 found[rows[better]] = count[better]
@@ -461,50 +462,3 @@ def load_or_build(model: Any, model_dir: str | Path, config: IndexConfig | None 
     index = EnergyIndex.build(model, config=config)
     index.save(path)
     return index
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _mips_to_l2(items: np.ndarray) -> np.ndarray:
-    """Append ``sqrt(R^2 - |x|^2)`` so that nearest L2 neighbour = maximum inner product."""
-    norms = np.einsum("nd,nd->n", items.astype(np.float64), items.astype(np.float64))
-    extra = np.sqrt(np.maximum(norms.max() - norms, 0.0)).astype(np.float32)
-    return np.ascontiguousarray(np.hstack([items, extra[:, None]]))
-
-
-def _next_pow2(values: np.ndarray) -> np.ndarray:
-    values = np.maximum(np.asarray(values, dtype=np.int64), 1)
-    return (1 << np.ceil(np.log2(values)).astype(np.int64)).astype(np.int64)
-
-
-def _eligible_counts(exclude: sp.csr_matrix | None, mask: np.ndarray | None, n_items: int,
-                     n: int) -> np.ndarray:
-    """Items each row may still receive: allowed items minus allowed seen items."""
-    n_allowed = n_items if mask is None else int(mask.sum())
-    if exclude is None:
-        return np.full(n, n_allowed, dtype=np.int64)
-    if mask is None:
-        return n_allowed - np.diff(exclude.indptr)
-    rows = np.repeat(np.arange(n), np.diff(exclude.indptr))
-    return n_allowed - np.bincount(rows, weights=mask[exclude.indices], minlength=n).astype(np.int64)
-
-
-def _filter_seen(ids: np.ndarray, rows: np.ndarray, exclude: sp.csr_matrix | None, n_items: int,
-                 k: int) -> tuple[np.ndarray, np.ndarray]:
-    """First ``k`` returned ids per row that are valid and not seen; and how many were found."""
-    valid = ids >= 0
-    if exclude is not None:
-        sub = exclude[rows]
-        seen_keys = np.repeat(np.arange(len(rows), dtype=np.int64) * n_items, np.diff(sub.indptr)) + sub.indices
-        keys = np.arange(len(rows), dtype=np.int64)[:, None] * n_items + ids
-        if seen_keys.size:
-            pos = np.minimum(np.searchsorted(seen_keys, keys), seen_keys.size - 1)
-            valid &= seen_keys[pos] != keys
-    rank = np.cumsum(valid, axis=1) - 1
-    take = valid & (rank < k)
-    out = np.full((len(rows), k), -1, dtype=np.int64)
-    r, c = np.nonzero(take)
-    out[r, rank[r, c]] = ids[r, c]
-    return out, take.sum(axis=1)
-
