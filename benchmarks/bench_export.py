@@ -72,7 +72,7 @@ def worker(args: argparse.Namespace) -> None:
                                  args.k, exclude=canonical_csr(user_items), n_threads=threads)
         seconds = time.perf_counter() - started
     else:
-        from recsys_ebm.export import export_recommendations
+        from recsys_ebm.export.writer import export_recommendations
 
         output = CACHE / "bench-export.parquet"
         model = FactorModel(user_factors, item_factors, user_items=user_items)

@@ -93,6 +93,30 @@ def clean_stale(target: Path) -> None:
             shutil.rmtree(sibling, ignore_errors=True)
 
 
+def temp_sibling(target: Path, suffix: str = "") -> Path:
+    """A new empty temporary file beside ``target`` named ``.NAME.PID-XXXX<suffix>``: the PID
+    lets :func:`clean_stale_files` remove it once its writer is gone."""
+    target = Path(target)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}-", suffix=suffix,
+                                dir=target.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def clean_stale_files(directory: Path, name: str | None = None) -> None:
+    """Remove the temporary files (:func:`temp_sibling`) of dead writers in ``directory``:
+    those of target ``name`` only, or of every target when ``name`` is None."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    for candidate in directory.glob(f".{name}.*-*" if name is not None else ".*.*-*"):
+        # ".NAME.PID-XXXX<suffix>": the PID sits between the last dot and the first dash
+        pid_text = candidate.name.split("-", 1)[0].rsplit(".", 1)[-1]
+        if candidate.is_file() and pid_text.isdigit() and not _process_alive(int(pid_text)):
+            logger.info("removing %s, left by an interrupted write", candidate)
+            candidate.unlink(missing_ok=True)
+
+
 def recover(target: Path, is_complete: Callable[[Path], bool]) -> None:
     """Put back the previous directory when a writer died between the two renames of the
     fallback swap (nothing at ``target``, a complete marked ``.NAME.old-*`` beside it)."""

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys_ebm.atomic import atomic_directory, recover
+from recsys_ebm.atomic import atomic_directory, recover, temp_sibling
 from recsys_ebm.errors import ModelFileError
 
 logger = logging.getLogger(__name__)
@@ -217,8 +216,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    tmp = temp_sibling(path, suffix)
     try:
         yield Path(tmp)
         os.replace(tmp, path)

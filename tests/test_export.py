@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from mlflow.tracking import MlflowClient
 
 from benchmarks.synthetic import SyntheticConfig, generate
-from recsys_ebm.export import ExportConfig, export_recommendations, parts_dir
+from recsys_ebm.export.writer import ExportConfig, export_recommendations, parts_dir
 from recsys_ebm.models.base import Recommender
 from recsys_ebm.models.dot_ebm import DotEBM
 from recsys_ebm.models.indexed import IndexedRecommender
@@ -179,7 +179,8 @@ def test_interrupted_export_keeps_the_previous_file_and_resumes(fitted, tmp_path
     with pytest.raises(KeyboardInterrupt):
         export_recommendations(model, out, on_chunk=stop_after_two, **kwargs)
     assert out.read_bytes() == b"previous export"
-    assert sorted(p.name for p in parts_dir(out).glob("part-*")) == ["part-000000.arrow", "part-000001.arrow"]
+    assert sorted(p.name for p in parts_dir(out).glob("part-*")) == [
+        "part-000000.arrow", "part-000000.json", "part-000001.arrow", "part-000001.json"]
     assert not list(tmp_path.glob(".*tmp"))  # no temporary files left behind
     # settings changed: refuse to mix chunks
     with pytest.raises(ValueError, match="seed"):
@@ -260,3 +261,51 @@ def test_cli_export_of_a_saved_model_logs_to_mlflow(movielens_dir, tmp_path, mon
     assert main([*args, "--output", str(tmp_path / "a.csv")]) == 0
     assert main([*args, "--output", str(tmp_path / "b.csv"), "--chunk-size", "100"]) == 0
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+
+
+def test_resume_redoes_parts_that_do_not_match_their_record(fitted, tmp_path, caplog):
+    """A part copied over another used to be accepted (one user lost, another twice)."""
+    model, user_items = fitted
+    out = tmp_path / "top.parquet"
+    kwargs = dict(user_items=user_items, k=5, chunk_size=30, show_progress=False)
+    reference = _read(export_recommendations(model, tmp_path / "ref.parquet", **kwargs).path)
+
+    def stop_after_three(index: int, n_chunks: int) -> None:
+        if index == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export_recommendations(model, out, on_chunk=stop_after_three, **kwargs)
+    parts = parts_dir(out)
+    (parts / "part-000001.arrow").write_bytes((parts / "part-000000.arrow").read_bytes())
+    (parts / "part-000002.json").write_text("{}")
+    with caplog.at_level("WARNING"):
+        result = export_recommendations(model, out, resume=True, **kwargs)
+    assert result.resumed_chunks == 1  # only part 0 is still what its record says
+    assert "part 1 " in caplog.text and "part 2 " in caplog.text
+    pd.testing.assert_frame_equal(_read(out), reference)
+
+
+def test_an_output_that_is_a_directory_is_a_clear_error(fitted, tmp_path):
+    from recsys_ebm.errors import DataError
+
+    model, user_items = fitted
+    (tmp_path / "out").mkdir()
+    with pytest.raises(DataError, match="is a directory"):
+        export_recommendations(model, tmp_path / "out", user_items=user_items, k=3, show_progress=False)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_temporary_files_of_killed_exports_are_removed_by_the_next_run(fitted, tmp_path):
+    import subprocess
+    import sys
+
+    model, user_items = fitted
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".top.parquet.{dead.pid}-abcd.tmp"
+    stale.write_bytes(b"half an export")
+    someone_elses = tmp_path / ".top.parquet.notes"
+    someone_elses.write_text("keep")
+    export_recommendations(model, tmp_path / "top.parquet", user_items=user_items, k=3, show_progress=False)
+    assert not stale.exists() and someone_elses.read_text() == "keep"

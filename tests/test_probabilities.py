@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsys_ebm.export import export_recommendations
+from recsys_ebm.export.writer import export_recommendations
 from recsys_ebm.models.baselines import EASE
 from recsys_ebm.models.dot_ebm import DotEBM
 

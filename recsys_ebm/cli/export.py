@@ -56,7 +56,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 def cmd_export(args) -> int:
     from recsys_ebm.experiments.jobs import export_job
-    from recsys_ebm.export import ExportConfig
+    from recsys_ebm.export.writer import ExportConfig
 
     config = ExportConfig(k=args.k, temperature=args.temperature, seed=args.seed,
                           chunk_size=args.chunk_size, n_threads=args.threads)

@@ -11,7 +11,7 @@ from typing import Any
 from recsys_ebm.data.ids import IdMap
 from recsys_ebm.errors import DataError
 from recsys_ebm.experiments import runner
-from recsys_ebm.export import ExportConfig, ExportResult, export_recommendations
+from recsys_ebm.export.writer import ExportConfig, ExportResult, export_recommendations
 from recsys_ebm.models import load_model
 from recsys_ebm.models.base import Recommender
 

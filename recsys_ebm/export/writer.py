@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -48,9 +46,11 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from recsys_ebm.atomic import clean_stale_files, exclusive, temp_sibling
 from recsys_ebm.config import Config, check
 from recsys_ebm.data.sparse import canonical_csr
-from recsys_ebm.io import atomic_path, atomic_write_bytes
+from recsys_ebm.errors import DataError
+from recsys_ebm.export.parts import part_path, parts_dir, prepare_parts, verified_done, write_part
 from recsys_ebm.ranking.topk import item_mask
 from recsys_ebm.ranking.vectors import has_vectors
 
@@ -107,12 +107,6 @@ class ExportResult:
 def output_format(path: str | Path) -> str:
     """``"csv"`` when the path ends in .csv, otherwise ``"parquet"``."""
     return "csv" if str(path).lower().endswith(".csv") else "parquet"
-
-
-def parts_dir(path: str | Path) -> Path:
-    """Where the finished chunks of an export to ``path`` are kept until it completes."""
-    path = Path(path)
-    return path.with_name(path.name + ".parts")
 
 
 # ----------------------------------------------------------------------------- export
@@ -172,8 +166,20 @@ def export_recommendations(
     output = Path(output)
     job = _Job(model, config, user_items, raw_user_ids, raw_item_ids, filter_items, filter_seen)
     manifest = job.manifest(output)
+    if output.is_dir():
+        raise DataError(f"--output {output} is a directory; give a file path ending in .parquet or .csv")
     parts = parts_dir(output)
-    done = _prepare_parts(parts, manifest, resume)
+    with exclusive(output.absolute()):
+        return _export(job, output, parts, manifest, resume, show_progress, tracker, on_chunk)
+
+
+def _export(job: _Job, output: Path, parts: Path, manifest: dict, resume: bool, show_progress: bool,
+            tracker: Any, on_chunk: Callable[[int, int], None] | None) -> ExportResult:
+    """The export once the output is locked: parts, chunks, the committed file, the log."""
+    config = job.config
+    done = prepare_parts(parts, manifest, resume)
+    done = verified_done(parts, done, lambda c: job.raw_users[c * config.chunk_size:
+                                                            (c + 1) * config.chunk_size])
     if tracker is not None:
         tracker.log_params({f"export.{k}": v for k, v in config.to_dict().items()}
                            | {"export.output": str(output), "export.n_users": job.n_users,
@@ -268,11 +274,11 @@ def _write_chunks(job: _Job, output: Path, parts: Path, done: set[int], show_pro
                 tqdm(total=job.n_users, unit="user", desc="export", disable=not show_progress) as bar:
             for chunk in range(job.n_chunks):
                 lo, hi = chunk * cfg.chunk_size, min((chunk + 1) * cfg.chunk_size, job.n_users)
-                part = parts / _part_name(chunk)
+                part = part_path(parts, chunk)
                 table = None if chunk in done else job.chunk(lo, hi)
                 settle()
                 in_flight = chunk, (io_pool.submit(sink.append_part, part) if table is None
-                                    else io_pool.submit(sink.write, part, table))
+                                    else io_pool.submit(sink.write, part, chunk, table))
                 bar.update(hi - lo)
             settle()
         if sink.rows == 0 and sink.writer is None:
@@ -284,37 +290,6 @@ def _write_chunks(job: _Job, output: Path, parts: Path, done: set[int], show_pro
         sink.abort()
         raise
     return sink.rows
-
-
-def _part_name(chunk: int) -> str:
-    return f"part-{chunk:06d}.arrow"
-
-
-def _prepare_parts(parts: Path, manifest: dict, resume: bool) -> set[int]:
-    """Make the parts directory; return the finished chunks that may be reused."""
-    manifest_file = parts / MANIFEST
-    if parts.exists() and resume:
-        if not manifest_file.is_file():
-            raise ValueError(f"cannot resume: {parts} has no {MANIFEST}; delete it to start over")
-        previous = json.loads(manifest_file.read_text())
-        changed = sorted(key for key in manifest if previous.get(key) != manifest[key])
-        if changed:
-            raise ValueError(f"cannot resume the export in {parts}: {', '.join(changed)} changed "
-                             "since it started; run without resume to start over")
-        done = {int(p.name[5:11]) for p in parts.glob("part-*.arrow")}
-        logger.info("resuming: %d finished chunks found in %s", len(done), parts)
-        return done
-    if parts.exists():
-        n_old = len(list(parts.glob("part-*.arrow")))
-        if n_old:
-            logger.warning("discarding %d finished chunks of an earlier export in %s "
-                           "(pass resume to continue it instead)", n_old, parts)
-        shutil.rmtree(parts)
-    elif resume:
-        logger.info("nothing to resume at %s; starting a new export", parts)
-    parts.mkdir(parents=True)
-    atomic_write_bytes(manifest_file, json.dumps(manifest, indent=2, sort_keys=True).encode())
-    return set()
 
 
 def _chunk_table(raw_users: np.ndarray, raw_items: np.ndarray, ids: np.ndarray, energy: np.ndarray,
@@ -331,11 +306,6 @@ def _chunk_table(raw_users: np.ndarray, raw_items: np.ndarray, ids: np.ndarray, 
     })
 
 
-def _write_part(path: Path, table: pa.Table) -> None:
-    with atomic_path(path) as tmp:
-        feather.write_feather(table, str(tmp), compression="uncompressed")
-
-
 class _Sink:
     """The output, written to a temporary sibling and renamed into place by :meth:`commit`."""
 
@@ -343,15 +313,14 @@ class _Sink:
         self.output = output
         self.compression = compression
         output.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        clean_stale_files(output.parent, output.name)  # left by killed exports to this output
+        self.tmp = temp_sibling(output, ".tmp")
         self.writer: Any = None
         self.rows = 0
 
-    def write(self, part: Path, table: pa.Table) -> None:
-        """Persist a chunk for resuming, then append it to the output."""
-        _write_part(part, table)
+    def write(self, part: Path, chunk: int, table: pa.Table) -> None:
+        """Persist a chunk (and its record) for resuming, then append it to the output."""
+        write_part(part, chunk, table)
         self.append(table)
 
     def append_part(self, part: Path) -> None:
