@@ -242,3 +242,32 @@ def test_train_crbm_fits_on_ratings(tmp_path, movielens_dir, capsys):
     model = load_model(tmp_path / "crbm")
     ratings = model.predict(np.array([0, 1]), np.array([0, 5]))
     assert np.all((ratings >= 1) & (ratings <= 5))
+
+
+def test_recommend_from_a_history_file(trained, tmp_path, capsys):
+    history = tmp_path / "history.txt"
+    history.write_text("50\n172\n\n181\n174\n")
+    assert main(["recommend", "--model-path", str(trained["out"]), "--history-file", str(history),
+                 "--k", "10"]) == 0
+    from_file = _recommended(capsys.readouterr().out, "new user")
+    assert main(["recommend", "--model-path", str(trained["out"]), "--history", "50,172,181,174",
+                 "--k", "10"]) == 0
+    assert from_file == _recommended(capsys.readouterr().out, "new user") and len(from_file) == 10
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--user", "abc"], "--user: ids must be of the model's id type"),
+    (["--history-file", "/nonexistent/h.txt"], "no such file"),
+    (["--history", "50", "--history-file", "x"], "not both"),
+    (["--user", "1", "--filter-items", "99999999"], "99999999"),
+])
+def test_recommend_bad_arguments_are_clear_errors(trained, caplog, argv, message):
+    assert main(["recommend", "--model-path", str(trained["out"]), *argv]) == 2
+    assert message in caplog.text
+
+
+def test_export_refuses_training_options_for_a_saved_model(trained, tmp_path, caplog, movielens_dir):
+    code = main(["export", "--data-dir", str(movielens_dir), "--model-path", str(trained["out"]),
+                 "--set", "bogus=1", "--output", str(tmp_path / "x.parquet"), "--no-mlflow", "--quiet"])
+    assert code == 2 and "configure a model to train" in caplog.text
+    assert not (tmp_path / "x.parquet").exists()

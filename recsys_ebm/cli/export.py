@@ -60,6 +60,9 @@ def cmd_export(args) -> int:
 
     config = ExportConfig(k=args.k, temperature=args.temperature, seed=args.seed,
                           chunk_size=args.chunk_size, n_threads=args.threads)
+    if args.model_path is not None and (args.overrides or args.config or args.no_refit):
+        raise ValueError("--set, --config and --no-refit configure a model to train; --model-path "
+                         "exports the saved model as it is (drop them, or train with recsys-ebm train)")
     options = model_options_from_args(args, with_seed=False) if args.model_path is None else {}
     dataset = dataset_from_args(args)
     with tracker_from_args(args, f"export-{args.model}") as tracker:

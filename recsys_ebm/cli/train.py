@@ -62,6 +62,9 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
                            help="raw user id of a trained user (repeatable)")
     recommend.add_argument("--history", default=None, metavar="ITEM[:RATING],...",
                            help="a new user's raw item ids (ratings for rating models such as crbm)")
+    recommend.add_argument("--history-file", default=None, metavar="PATH",
+                           help="a new user's history, one raw item id per line (ITEM<TAB>RATING for "
+                                "rating models): for ids that contain commas or colons")
     recommend.add_argument("--include-seen", action="store_true",
                            help="do not leave out the items the user already has (the model's "
                                 "seen set: the interactions it was fitted on)")
@@ -190,8 +193,11 @@ def cmd_recommend(args) -> int:
 
     model = serving_model(args.model_path, args.index)
     user_map, item_map = saved_id_maps(model, args.model_path)
-    if not args.users and not args.history:
-        raise ValueError("recommend needs --user RAW_ID (repeatable) or --history ITEM[,ITEM...]")
+    if not args.users and not args.history and not args.history_file:
+        raise ValueError("recommend needs --user RAW_ID (repeatable), --history ITEM[,ITEM...] "
+                         "or --history-file PATH")
+    if args.history and args.history_file:
+        raise ValueError("give --history or --history-file, not both")
     options = {"k": args.k, "temperature": args.temperature, "rng": args.seed,
                "filter_seen": not args.include_seen,
                "filter_items": None if args.filter_items is None else raw_to_index(
@@ -205,8 +211,9 @@ def cmd_recommend(args) -> int:
         ids, scores = model.recommend(users, **options)
         lines += [_format_row(f"user {raw_user}", item_map, row, row_scores)
                   for raw_user, row, row_scores in zip(args.users, ids, scores, strict=True)]
-    if args.history:
-        history = _history_row(args.history, item_map, model.n_items, needs_ratings=model.fits_ratings)
+    if args.history or args.history_file:
+        entries = _history_entries(args)
+        history = _history_row(entries, item_map, model.n_items, needs_ratings=model.fits_ratings)
         ids, scores = model.recommend(np.array([0]), history, fold_in=True, **options)
         lines.append(_format_row("new user", item_map, ids[0], scores[0]))
     write_out("\n".join(lines) + "\n")
@@ -218,35 +225,48 @@ def _format_row(label: str, item_map, row, row_scores) -> str:
     return f"{label}: " + ", ".join(f"{i} ({s:.3f})" for i, s in zip(items, row_scores[row >= 0], strict=True))
 
 
-def _history_row(text: str, item_map, n_items: int, *, needs_ratings: bool):
-    """``"50,172:4.5,181"`` -> a 1 x n_items CSR over the model's items (value 1 or the rating)."""
+def _history_entries(args) -> list[tuple[str, str | None]]:
+    """``(raw item, rating text or None)`` pairs from --history or --history-file."""
+    if args.history_file is None:
+        pairs = []
+        for entry in split_ids(args.history):
+            item, colon, rating = entry.partition(":")
+            pairs.append((item.strip(), rating if colon else None))
+        return pairs
+    path = Path(args.history_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"--history-file {path}: no such file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"--history-file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    pairs = []
+    for line in (line.rstrip("\r\n") for line in lines):
+        if line.strip():
+            item, tab, rating = line.partition("\t")
+            pairs.append((item.strip(), rating if tab else None))
+    return pairs
+
+
+def _history_row(entries: list[tuple[str, str | None]], item_map, n_items: int, *, needs_ratings: bool):
+    """A 1 x n_items CSR over the model's items (value 1 or the rating) from history entries."""
     import numpy as np
     import scipy.sparse as sp
 
     raw_items, values = [], []
-    for entry in (e.strip() for e in text.split(",")):
-        if not entry:
-            continue
-        item, colon, rating = entry.partition(":")
+    for item, rating in entries:
         try:
-            value = float(rating) if colon else 1.0
+            value = float(rating) if rating is not None else 1.0
         except ValueError:
-            raise ValueError(f"--history entry {entry!r}: the rating after ':' must be a number") from None
-        if needs_ratings and not colon:
-            raise ValueError(f"--history entry {entry!r}: this model predicts ratings, give ITEM:RATING")
-        raw_items.append(item.strip())
+            raise ValueError(f"history entry {item!r}: the rating {rating!r} must be a number") from None
+        if needs_ratings and rating is None:
+            raise ValueError(f"history entry {item!r}: this model predicts ratings, give ITEM:RATING "
+                             "(or ITEM<TAB>RATING in --history-file)")
+        raw_items.append(item)
         values.append(value)
     if not raw_items:
-        raise ValueError("--history is empty; give comma-separated raw item ids")
-    dtype = item_map.raw_ids.dtype
-    try:
-        raw = np.asarray(raw_items).astype(dtype)
-    except ValueError:
-        raise ValueError(f"--history: item ids must be of the model's id type ({dtype}), got {raw_items}") from None
-    try:
-        items = item_map.to_index(raw)
-    except KeyError as exc:
-        raise KeyError(f"--history: {exc.args[0]}: not an item of this model") from None
+        raise ValueError("the history is empty; give raw item ids")
+    items = raw_to_index(item_map, raw_items, "history")
     unique, counts = np.unique(items, return_counts=True)
     if np.any(counts > 1):
         repeated = item_map.to_raw(unique[counts > 1])
