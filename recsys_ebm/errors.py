@@ -23,3 +23,7 @@ class ConcurrentWriteError(RuntimeError):
 
 class ModelFileError(ValueError):
     """A saved model or index is incomplete, corrupted or does not match its manifest."""
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking store cannot be used (unreachable, unsupported URI, ...); names the URI."""

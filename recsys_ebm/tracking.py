@@ -11,6 +11,23 @@ Where runs are stored, first match wins:
    id>/``. Only when ``./mlruns`` already holds experiments from an older MLflow does MLflow fall
    back to that file store, which 3.x refuses unless ``MLFLOW_ALLOW_FILE_STORE=true``.
 
+The store is checked when a ``Tracker`` starts its run, before any work is done: an unsupported
+scheme, an unreachable server or a store that cannot be opened raises
+:class:`~recsys_ebm.errors.TrackingError` naming the URI, within seconds. For ``http(s)://``
+servers the requests made while the run starts use short limits, each set only when the
+variable is not already in the environment (MLflow's defaults would retry for about four
+minutes):
+
+* ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``: retries after the first attempt (ours: 2);
+* ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``: seconds, doubled after each retry (ours: 1);
+* ``MLFLOW_HTTP_REQUEST_TIMEOUT``: seconds per request, to connect and to answer (ours: 3).
+
+A closed port thus fails in about 3 s, a host that never answers in about 12 s. Once the run
+is started, logging uses MLflow's own values again, so a long training survives a short outage.
+Database stores (``sqlite:///...``, ``postgresql://...``) are opened once, without MLflow's
+retry loop of about 100 s; a missing directory of a SQLite file is created, as MLflow does (and
+as it does for the directory of a file store).
+
 ``Tracker`` talks to the store through an explicit ``MlflowClient``, never through MLflow's global
 "active run", so several trackers (or tests) cannot leak state into each other::
 
@@ -33,14 +50,22 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import mlflow
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.store.db.db_types import DATABASE_ENGINES
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
+from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.uri import get_uri_scheme
+
+from recsys_ebm.errors import TrackingError
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +74,19 @@ MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 # MLflow accepts word characters, '.', '-', ' ', '/' (and ':' except on Windows; we drop it).
 _BAD_NAME_CHARS = re.compile(r"[^\w.\- /]")
+# Limits for the HTTP requests made while a run starts, unless the environment sets them.
+START_HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
+# What opening a store can raise besides MlflowException (requests' errors are OSErrors).
+_STORE_ERRORS: tuple[type[BaseException], ...] = (MlflowException, OSError, ValueError,
+                                                  ImportError)
+try:
+    from sqlalchemy.exc import SQLAlchemyError
+except ImportError:  # mlflow-skinny: no database stores at all
+    pass
+else:
+    _STORE_ERRORS += (SQLAlchemyError,)
 
 
 def _git(*args: str, cwd: str | Path | None) -> str | None:
@@ -104,6 +142,72 @@ def _jsonable(obj: Any) -> Any:
     return obj.tolist() if hasattr(obj, "tolist") else str(obj)  # numpy scalars/arrays, paths
 
 
+def _describe(uri: str, from_env: bool) -> str:
+    return f"MLflow tracking URI {uri!r}" + (" (from $MLFLOW_TRACKING_URI)" if from_env else "")
+
+
+@contextmanager
+def _start_http_limits() -> Iterator[None]:
+    """Apply START_HTTP_LIMITS for the variables the environment does not set; undo on exit."""
+    added = [name for name in START_HTTP_LIMITS if name not in os.environ]
+    os.environ.update({name: START_HTTP_LIMITS[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+@contextmanager
+def _store_errors(uri: str, from_env: bool) -> Iterator[None]:
+    """Turn the failures of a store that cannot be used into TrackingError naming ``uri``."""
+    where = _describe(uri, from_env)
+    try:
+        yield
+    except UnsupportedModelRegistryStoreURIException as exc:
+        schemes = ", ".join(repr(s) if s == "" else s for s in exc.supported_uri_schemes)
+        raise TrackingError(f"{where}: unsupported scheme {get_uri_scheme(uri)!r}; supported "
+                            f"schemes: {schemes} ('' = a local path)") from exc
+    except _STORE_ERRORS as exc:
+        hint = ""
+        if get_uri_scheme(uri) in ("http", "https"):
+            limits = ", ".join(f"{name}={os.environ.get(name, value)}"
+                               for name, value in START_HTTP_LIMITS.items())
+            hint = (f" (is the server running? limits while starting the run: {limits}; "
+                    "set these variables to wait longer)")
+        raise TrackingError(f"{where} cannot be used: {type(exc).__name__}: {exc}{hint}") from exc
+
+
+def _open_database(uri: str) -> None:
+    """Open a database store once, instead of MLflow's retry loop, to fail fast on a bad one."""
+    import sqlalchemy
+
+    url = sqlalchemy.engine.make_url(uri)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)  # as MLflow does
+    engine = sqlalchemy.create_engine(url)
+    try:
+        sqlalchemy.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def open_store(tracking_uri: str | None, experiment: str) -> tuple[MlflowClient, str]:
+    """A client for ``tracking_uri`` (default: ``$MLFLOW_TRACKING_URI``, else MLflow's own) and
+    the id of ``experiment`` there, created if missing; raises TrackingError if the store cannot
+    be used, quickly (see the module docstring)."""
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    from_env = uri == os.environ.get("MLFLOW_TRACKING_URI")
+    with _store_errors(uri, from_env), _start_http_limits():
+        if get_uri_scheme(uri) in DATABASE_ENGINES:
+            _open_database(uri)
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = (found.experiment_id if found is not None
+                         else client.create_experiment(experiment))
+    return client, experiment_id
+
+
 class Tracker:
     """One MLflow run, used as a context manager; ``enabled=False`` turns every method into a no-op.
 
@@ -138,13 +242,11 @@ class Tracker:
             client, experiment_id = self._parent._client, self._parent._experiment_id
             tags[MLFLOW_PARENT_RUN_ID] = self._parent.run_id
         else:
-            client = MlflowClient(self.tracking_uri)
-            found = client.get_experiment_by_name(self.experiment)
-            experiment_id = (found.experiment_id if found is not None
-                             else client.create_experiment(self.experiment))
+            client, experiment_id = open_store(self.tracking_uri, self.experiment)
         tags.update({key: str(value) for key, value in self.tags.items()})
-        self._run = client.create_run(experiment_id, tags=resolve_tags(tags),
-                                      run_name=self.run_name)
+        with _store_errors(client.tracking_uri, from_env=False), _start_http_limits():
+            self._run = client.create_run(experiment_id, tags=resolve_tags(tags),
+                                          run_name=self.run_name)
         self._client, self._experiment_id = client, experiment_id
         logger.info("MLflow run %s (%s) in experiment %r at %s", self.run_id,
                     self._run.info.run_name, self.experiment, client.tracking_uri)

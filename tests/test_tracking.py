@@ -1,4 +1,5 @@
-"""Tracker against real MLflow stores: a SQLite file in tmp_path and a live `mlflow server`."""
+"""Tracker against real MLflow stores: a SQLite file in tmp_path and a live `mlflow server`;
+stores that cannot be used fail fast, naming the URI."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from recsys_ebm.tracking import Tracker, git_commit, git_dirty, sanitize_name
+from recsys_ebm.cli import main
+from recsys_ebm.errors import TrackingError
+from recsys_ebm.tracking import START_HTTP_LIMITS, Tracker, git_commit, git_dirty, sanitize_name
 
 
 @pytest.fixture
@@ -280,3 +283,140 @@ def test_round_trip_through_tracking_server(mlflow_server, tmp_path, monkeypatch
     assert Path(local).read_text() == "served artifact"
     # the server, not the client, wrote the file under --artifacts-destination
     assert list((tmp_path / "artifacts").rglob("hello.txt"))
+
+
+# --- stores that cannot be used: a clear TrackingError naming the URI, within seconds ---------
+
+#: Generous bound on how long a failing start may take: these are behaviour bounds (MLflow's
+#: defaults took 100-250 s), not speed benchmarks.
+FAIL_FAST_S = 30
+
+
+@pytest.fixture
+def closed_port():
+    """A local port bound by this socket but not listening: connections are refused, and
+    nothing else can take the port while the test runs."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def no_limits_set(monkeypatch):
+    """Neither the tracking URI nor MLflow's HTTP limits come from the environment."""
+    for name in ("MLFLOW_TRACKING_URI", *START_HTTP_LIMITS):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _start_error(uri: str | None, experiment: str = "exp") -> tuple[str, float]:
+    start = time.monotonic()
+    with pytest.raises(TrackingError) as info:
+        with Tracker(experiment, tracking_uri=uri):
+            pytest.fail("the run started")
+    return str(info.value), time.monotonic() - start
+
+
+def test_closed_port_fails_fast_naming_uri_and_limits(closed_port, no_limits_set):
+    uri = f"http://127.0.0.1:{closed_port}"
+    message, elapsed = _start_error(uri)
+    assert elapsed < FAIL_FAST_S
+    assert repr(uri) in message and "Connection refused" in message
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES=2" in message
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT=3" in message
+    # the short limits applied only while starting; the environment is as it was
+    assert not set(START_HTTP_LIMITS) & set(os.environ)
+
+
+def test_limits_set_by_the_user_are_kept(tmp_path, no_limits_set, monkeypatch):
+    """A server that accepts connections but never answers: the user's 1 s timeout and no
+    retries apply instead of ours (3 s, 2 retries)."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(4)  # the kernel completes the handshake; nobody ever reads or answers
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        message, elapsed = _start_error(uri)
+    assert elapsed < 2.5 + 1  # one attempt of 1 s, plus slack for a busy machine
+    assert repr(uri) in message and "timed out" in message
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT=1" in message
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES=0" in message
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "1"
+    assert "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR" not in os.environ
+
+
+def test_unsupported_scheme_lists_the_supported_ones(no_limits_set):
+    message, elapsed = _start_error("foo://bar")
+    assert elapsed < FAIL_FAST_S
+    assert "'foo://bar'" in message and "unsupported scheme 'foo'" in message
+    for scheme in ("file", "sqlite", "http", "https", "postgresql"):
+        assert scheme in message
+
+
+def test_uri_from_environment_is_named_as_such(no_limits_set, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "foo://bar")
+    message, _ = _start_error(None)
+    assert "'foo://bar' (from $MLFLOW_TRACKING_URI)" in message
+
+
+def test_missing_directories_are_created_for_sqlite_and_file_stores(tmp_path, no_limits_set,
+                                                                     monkeypatch):
+    """As MLflow does: a SQLite file's directory, like a file store's, is created."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    db = tmp_path / "new" / "deeper" / "mlflow.db"
+    runs = tmp_path / "other" / "mlruns"
+    for uri in (f"sqlite:///{db}", runs.as_uri()):
+        with Tracker("exp", tracking_uri=uri) as tr:
+            tr.log_params({"a": 1})
+        assert MlflowClient(uri).get_run(tr.run_id).data.params == {"a": "1"}
+    assert db.is_file() and runs.is_dir()
+
+
+@pytest.mark.parametrize("case", ["parent_is_a_file", "path_is_a_directory", "not_a_database"])
+def test_sqlite_store_that_cannot_be_opened(tmp_path, no_limits_set, monkeypatch, case):
+    monkeypatch.chdir(tmp_path)
+    regular = tmp_path / "regular"
+    regular.write_text("not a database")
+    (tmp_path / "folder").mkdir()
+    path = {"parent_is_a_file": regular / "sub" / "mlflow.db",  # cannot create its directory
+            "path_is_a_directory": tmp_path / "folder",  # MLflow retried this one for ~100 s
+            "not_a_database": regular}[case]
+    uri = f"sqlite:///{path}"
+    message, elapsed = _start_error(uri)
+    assert elapsed < FAIL_FAST_S
+    assert repr(uri) in message and "cannot be used" in message
+    assert regular.read_text() == "not a database"
+
+
+def test_file_stores_refused_or_broken(tmp_path, no_limits_set, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    regular = tmp_path / "regular"
+    regular.write_text("x")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    uri = (tmp_path / "mlruns").as_uri()
+    message, _ = _start_error(uri)  # MLflow 3 refuses new file stores unless opted in
+    assert repr(uri) in message and "MLFLOW_ALLOW_FILE_STORE" in message
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    for uri in (regular.as_uri(), str(regular)):
+        message, _ = _start_error(uri)
+        assert repr(uri) in message and "Not a directory" in message
+
+
+@pytest.mark.parametrize("kind", ["closed_port", "unsupported"])
+def test_cli_train_stops_before_any_work(kind, closed_port, movielens_dir, tmp_path,
+                                         no_limits_set, monkeypatch, caplog, capsys):
+    monkeypatch.chdir(tmp_path)
+    uri = f"http://127.0.0.1:{closed_port}" if kind == "closed_port" else "foo://bar"
+    out = tmp_path / "model"
+    start = time.monotonic()
+    code = main(["train", "--data-dir", str(movielens_dir), "--no-download", "--tracking-uri",
+                 uri, "--set", "epochs=1", "--output-dir", str(out), "--quiet"])
+    elapsed = time.monotonic() - start
+    assert code == 2
+    assert elapsed < FAIL_FAST_S
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "recsys_ebm.cli"]
+    assert len(errors) == 1 and repr(uri) in errors[0].getMessage()
+    assert not out.exists()  # no model written ...
+    assert capsys.readouterr().out == ""  # ... and no metric table printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nor a default store or outputs/

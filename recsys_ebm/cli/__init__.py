@@ -12,7 +12,14 @@ import logging
 import sys
 
 from recsys_ebm.cli import anomaly, export, report, train
-from recsys_ebm.errors import DataError, DatasetNotFoundError, MissingDependencyError, ModelFitError
+from recsys_ebm.errors import (
+    ConcurrentWriteError,
+    DataError,
+    DatasetNotFoundError,
+    MissingDependencyError,
+    ModelFitError,
+    TrackingError,
+)
 
 logger = logging.getLogger("recsys_ebm.cli")
 
@@ -37,10 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # faiss logs at INFO each optional CPU build it could not import (AVX-512, AVX2): not news
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         return COMMANDS[args.command](args)
-    except (DataError, DatasetNotFoundError, ModelFitError, MissingDependencyError, FileNotFoundError,
-            KeyError, ValueError) as exc:
+    except (DataError, DatasetNotFoundError, ModelFitError, MissingDependencyError, TrackingError,
+            ConcurrentWriteError, FileNotFoundError, KeyError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
 
