@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsys_ebm.data.ids import IdMap
+from recsys_ebm.data.ids import IdMap, parse_ids
 from recsys_ebm.data.interactions import Interactions
 from recsys_ebm.errors import DataError
 
@@ -133,3 +133,80 @@ def test_interactions_with_train_maps_drop_unknown_rows(caplog):
 def test_interactions_missing_columns():
     with pytest.raises(DataError, match=r"missing column\(s\) \['item_id'\]"):
         Interactions.from_frame(pd.DataFrame({"user_id": [1]}))
+
+
+# ----------------------------------------------------------------------------- raw id columns
+
+
+def test_mixed_int_and_str_ids_are_read_as_strings():
+    frame = pd.DataFrame({"user_id": [1, "a", 1, 20], "item_id": [5, 5, 6, 6]})
+    inter = Interactions.from_frame(frame)
+    assert inter.user_map.to_list() == ["1", "20", "a"]
+    assert inter.to_frame()["user_id"].tolist() == ["1", "a", "1", "20"]
+    assert inter.item_map.raw_ids.dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([3, 1, 3], [3, 1, 3]),
+        (np.array([2.0, 7.0]), [2, 7]),
+        (["b", 2.0, 2.5], ["b", "2", "2.5"]),
+        (["10", " 7 ", "007"], [10, 7, 7]),  # integer literals are integers, compared as numbers
+        (["x", "10", 3], ["x", "10", "3"]),
+        ([2**63, 1], [str(2**63), "1"]),  # beyond int64: strings, never wrapped around
+    ],
+)
+def test_parse_ids_rule(values, expected):
+    series = pd.Series(values) if isinstance(values, np.ndarray) else pd.Series(values, dtype=object)
+    parsed = parse_ids(series, "user_id", "frame")
+    assert parsed.tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        (["1", "1.0"], "non-integer id '1.0' at row 2"),
+        (["1", "a", "1.0"], "the ids '1' at row 1 and '1.0' at row 3: the same number"),
+        (["a", "+5", "5"], "the ids '+5' at row 2 and '5' at row 3"),
+        ([1, None], "missing id (None: an empty or NA field) at row 2"),
+        (["a", " "], "missing id (a blank field) at row 2"),
+        ([1, True], "holds a bool value True at row 2"),
+        ([b"x"], "holds a bytes value b'x' at row 1"),
+        ([(1, 2)], "holds a tuple value (1, 2) at row 1"),
+        (np.array([1.0, 2.5]), "non-integer id 2.5 at row 2"),
+    ],
+)
+def test_parse_ids_errors_name_the_column_value_and_row(values, fragment):
+    series = pd.Series(values) if isinstance(values, np.ndarray) else pd.Series(values, dtype=object)
+    with pytest.raises(DataError) as info:
+        parse_ids(series, "user_id", "frame")
+    assert str(info.value).startswith("frame: column 'user_id' ")
+    assert fragment in str(info.value)
+
+
+def test_from_frame_refuses_missing_ids_and_bad_ratings():
+    with pytest.raises(DataError, match=r"^train: column 'item_id' has a missing id .* at row 2"):
+        Interactions.from_frame(pd.DataFrame({"user_id": [1, 2], "item_id": [3, None]}),
+                                name="train")
+    bad_rating = pd.DataFrame({"user_id": [1, 2], "item_id": [3, 4], "rating": [1.0, np.nan]})
+    with pytest.raises(DataError, match=r"column 'rating' has a missing.* rating nan at row 2"):
+        Interactions.from_frame(bad_rating)
+    bad_time = pd.DataFrame({"user_id": [1], "item_id": [3], "timestamp": ["soon"]})
+    with pytest.raises(DataError, match=r"unparseable timestamp 'soon' at row 1"):
+        Interactions.from_frame(bad_time)
+
+
+def test_from_frame_maps_ids_across_int_and_string_maps():
+    text_train = Interactions.from_frame(pd.DataFrame({"user_id": ["a", "1"], "item_id": [1, 2]}))
+    test = Interactions.from_frame(
+        pd.DataFrame({"user_id": [1, 2], "item_id": [1, 2]}),
+        user_map=text_train.user_map, item_map=text_train.item_map,
+    )
+    assert len(test) == 1 and test.user_map.to_raw(test.user_idx).tolist() == ["1"]
+    int_train = Interactions.from_frame(pd.DataFrame({"user_id": [1, 2], "item_id": [1, 2]}))
+    unknown = Interactions.from_frame(
+        pd.DataFrame({"user_id": ["a"], "item_id": [1]}),
+        user_map=int_train.user_map, item_map=int_train.item_map,
+    )
+    assert len(unknown) == 0

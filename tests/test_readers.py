@@ -268,3 +268,136 @@ def test_round_trip(tmp_path, rows, fmt):
     assert frame["item_id"].tolist() == source["item_id"].tolist()
     np.testing.assert_array_equal(frame["rating"].to_numpy(), source["rating"].to_numpy(np.float32))
     assert frame["timestamp"].tolist() == source["timestamp"].tolist()
+
+
+# ----------------------------------------------------------------------------- hostile input
+
+
+HEADER = "user_id,item_id,rating,timestamp\n"
+
+
+def test_integer_and_float_looking_ids_are_never_merged(tmp_path):
+    # only numbers in the column: ids are integers, and 1.0 is refused rather than read as 1
+    path = write(tmp_path / "floats.csv", HEADER + "1,1,4,1\n\n1.0,2,4,2\n")
+    with pytest.raises(DataError) as info:
+        read_interactions(path)
+    assert "column 'user_id' has a non-integer id '1.0' at data row 2 (line 4)" in str(info.value)
+    # other text in the column: ids are strings, and two spellings of one number are refused
+    path = write(tmp_path / "mixed.csv", HEADER + "1,1,4,1\n1.0,2,4,2\nbob,3,1,3\n")
+    with pytest.raises(DataError) as info:
+        read_interactions(path)
+    message = str(info.value)
+    assert "'1' at data row 1 (line 2) and '1.0' at data row 2 (line 3)" in message
+    assert "same number written differently" in message
+    # distinct strings that are not look-alike numbers stay distinct string ids
+    path = write(tmp_path / "text.csv", HEADER + "1,1,4,1\n1a,2,4,2\n2,3,1,3\n")
+    assert read_interactions(path)["user_id"].tolist() == ["1", "1a", "2"]
+
+
+@pytest.mark.parametrize("missing", ["", "nan", "NA", "  "])
+def test_a_missing_id_names_file_column_row_and_line(tmp_path, missing):
+    path = write(tmp_path / "holes.csv", HEADER + f"1,1,4,1\n{missing},2,4,2\nalice,3,1,3\n")
+    with pytest.raises(DataError) as info:
+        read_interactions(path)
+    message = str(info.value)
+    assert "holes.csv" in message and "column 'user_id' has a missing id" in message
+    assert "at data row 2 (line 3)" in message
+
+
+def compressed(kind: str, data: bytes) -> bytes:
+    import bz2
+    import gzip
+    import io
+    import lzma
+    import zipfile
+
+    if kind == "zip":
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr("ratings.csv", data)
+        return buffer.getvalue()
+    return {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}[kind](data)
+
+
+@pytest.mark.parametrize("kind", ["gz", "bz2", "xz", "zip"])
+@pytest.mark.parametrize("named", [True, False])
+def test_compressed_files_by_suffix_and_by_magic_bytes(tmp_path, kind, named):
+    body = "user_id\titem_id\trating\ttimestamp\n1\t10\t4.5\t100\n2\t20\t3\t200\n"
+    path = tmp_path / (f"log.tsv.{kind}" if named else "log.dat")
+    path.write_bytes(compressed(kind, body.encode()))
+    frame = read_interactions(path)
+    assert frame.values.tolist() == [[1, 10, 4.5, 100], [2, 20, 3.0, 200]]
+
+
+def test_compressed_parquet_and_bad_archives(tmp_path):
+    import io
+
+    buffer = io.BytesIO()
+    pd.DataFrame({"user_id": [1, 2], "item_id": [3, 4], "rating": [1.0, 2.0],
+                  "timestamp": [5, 6]}).to_parquet(buffer)
+    (tmp_path / "log.parquet.gz").write_bytes(compressed("gz", buffer.getvalue()))
+    assert read_interactions(tmp_path / "log.parquet.gz")["item_id"].tolist() == [3, 4]
+    with pytest.raises(DataError, match=r"plain\.csv\.gz: named \.gz but .* not gzip data"):
+        read_interactions(write(tmp_path / "plain.csv.gz", HEADER + "1,1,1,1\n"))
+    truncated = compressed("gz", (HEADER + "1,1,1,1\n" * 100).encode())[:40]
+    (tmp_path / "cut.csv.gz").write_bytes(truncated)
+    with pytest.raises(DataError, match=r"cut\.csv\.gz: not a readable gzip file"):
+        read_interactions(tmp_path / "cut.csv.gz")
+
+
+def test_a_directory_is_named_as_such(tmp_path):
+    (tmp_path / "ml-custom").mkdir()
+    with pytest.raises(DataError) as info:
+        read_interactions(tmp_path / "ml-custom")
+    message = str(info.value)
+    assert "ml-custom: is a directory; expected a CSV/TSV" in message and "Parquet" in message
+
+
+def test_corrupt_parquet_pages_are_a_data_error(tmp_path):
+    path = tmp_path / "pages.parquet"
+    frame = pd.DataFrame({"user_id": np.arange(2000), "item_id": np.arange(2000) % 7,
+                          "rating": np.ones(2000), "timestamp": np.arange(2000)})
+    frame.to_parquet(path)
+    data = bytearray(path.read_bytes())
+    data[100:300] = b"\xff" * 200  # inside the first column's data pages, schema intact
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"pages\.parquet: a corrupt or unreadable Parquet"):
+        read_interactions(path)
+
+
+def test_more_fields_than_column_names_is_an_error_not_a_shifted_table(tmp_path):
+    path = write(tmp_path / "wide.csv", "user_id,item_id\n1,2,3\n4,5,6\n")
+    with pytest.raises(DataError, match=r"wide\.csv: the rows have more fields than the 2"):
+        read_interactions(path, rating_col=None, timestamp_col=None)
+
+
+def test_an_absurd_rating_is_refused_without_a_declared_scale(tmp_path):
+    path = write(tmp_path / "huge.csv", HEADER + "1,1,4,1\n2,2,1e30,2\n3,3,5,3\n")
+    with pytest.raises(DataError) as info:
+        read_interactions(path)
+    message = str(info.value)
+    assert "huge.csv: column 'rating' has a rating 1e+30 at data row 2 (line 3)" in message
+    assert "6 orders of magnitude" in message and "rating_scale=" in message
+    # play counts spanning a few orders of magnitude are fine
+    counts = write(tmp_path / "plays.csv", HEADER + "1,1,1,1\n2,2,3,2\n3,3,250000,3\n")
+    assert read_interactions(counts)["rating"].max() == 250000
+    # a value beyond float32 is refused whatever the other ratings
+    path = write(tmp_path / "big.csv", HEADER + "1,1,1e39,1\n2,2,1e39,2\n")
+    with pytest.raises(DataError, match="too large rating 1e[+]39 at data row 1"):
+        read_interactions(path)
+
+
+def test_a_declared_rating_scale(tmp_path):
+    from recsys_ebm.data.variants import RatingScale
+
+    path = write(tmp_path / "stars.csv", HEADER + "1,1,4,1\n2,2,4.5,2\n3,3,9,3\n")
+    with pytest.raises(DataError, match=r"rating 9.0 at data row 3 \(line 4\) outside"):
+        read_interactions(path, rating_scale=(1, 5))
+    with pytest.raises(DataError, match=r"rating 4.5 at data row 2 .* in steps of 1"):
+        read_interactions(path, rating_scale=(1, 10, 1))
+    frame = read_interactions(path, rating_scale=RatingScale(0.5, 10.0, 0.5))
+    assert frame["rating"].tolist() == [4.0, 4.5, 9.0]
+    with pytest.raises(ValueError, match="min < max"):
+        read_interactions(path, rating_scale=(5, 1))
+    with pytest.raises(ValueError, match="not both"):
+        read_interactions(path, rating_scale=(1, 5), rating_range=(1, 5))

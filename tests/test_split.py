@@ -326,6 +326,26 @@ def test_invalid_arguments():
         filter_min_interactions(frame, min_count=0)
 
 
+def test_a_single_user_is_refused_by_every_split():
+    one_user = pd.DataFrame(
+        {"user_id": 7, "item_id": np.arange(30), "timestamp": np.arange(30, dtype=np.int64)}
+    )
+    splits = [
+        ("random_holdout", lambda f: random_holdout(f)),
+        ("temporal_holdout", lambda f: temporal_holdout(f)),
+        ("temporal_holdout", lambda f: leave_one_out(f)),
+        ("time_cutoff", lambda f: time_cutoff(f, 15)),
+        ("held_out_users", lambda f: held_out_users(f, fraction=0.1)),
+        ("kfold", lambda f: kfold(f)),
+    ]
+    for name, split in splits:
+        with pytest.raises(DataError, match=rf"^{name}: the data has a single user \(7, 30 "):
+            split(one_user)
+    two_users = pd.concat([one_user, one_user.assign(user_id=8)], ignore_index=True)
+    split = random_holdout(two_users)
+    assert len(split.test) + split.n_dropped == 12 and set(split.train["user_id"]) == {7, 8}
+
+
 # ----------------------------------------------------------------------------- properties
 
 
@@ -359,6 +379,10 @@ SPLITTERS = {
     frame=interaction_frames(), seed=st.integers(0, 2**31), name=st.sampled_from(sorted(SPLITTERS))
 )
 def test_per_user_splits_partition_the_input(frame, seed, name):
+    if frame["user_id"].nunique() < 2:
+        with pytest.raises(DataError, match="single user"):
+            SPLITTERS[name](frame, seed)
+        return
     split = SPLITTERS[name](frame, seed)
     assert_partition(frame, split)
     counts = frame.groupby("user_id").size()
@@ -396,6 +420,10 @@ def test_held_out_users_partition_the_input(frame, seed):
 @given(frame=interaction_frames(), seed=st.integers(0, 2**31), n_folds=st.integers(2, 5))
 def test_kfold_partitions_the_rows(frame, seed, n_folds):
     if len(frame) < n_folds:
+        return
+    if frame["user_id"].nunique() < 2:
+        with pytest.raises(DataError, match="single user"):
+            kfold(frame, n_folds=n_folds, seed=seed)
         return
     folds = kfold(frame, n_folds=n_folds, seed=seed)
     rows = np.concatenate([f.test["row"].to_numpy() for f in folds])

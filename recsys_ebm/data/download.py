@@ -14,7 +14,6 @@ import hashlib
 import http.client
 import logging
 import os
-import shutil
 import stat
 import tempfile
 import urllib.error
@@ -25,6 +24,14 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from tqdm.auto import tqdm
 
+from recsys_ebm.atomic import (
+    MARKER,
+    clean_stale,
+    clean_stale_files,
+    mark_staging,
+    remove_marked,
+    temp_sibling,
+)
 from recsys_ebm.data.variants import (
     ENV_DATA_DIR,
     MovieLensVariant,
@@ -109,10 +116,12 @@ def download_movielens(
         raise DatasetNotFoundError(f"{target} already exists; delete it to download {v.name} again")
     url = v.url(base_url)
     root.mkdir(parents=True, exist_ok=True)
-    archive_fd, archive_name = tempfile.mkstemp(prefix=f".{v.name}-", suffix=".zip.part", dir=root)
-    os.close(archive_fd)
-    archive = Path(archive_name)
-    staging = Path(tempfile.mkdtemp(prefix=f".{v.name}-extract-", dir=root))
+    # what killed downloads of this variant left behind (marked with their process id)
+    clean_stale_files(root, v.name)
+    clean_stale(root / v.name)
+    archive = temp_sibling(root / v.name, ".zip.part")
+    staging = Path(tempfile.mkdtemp(prefix=f".{v.name}.staging-{os.getpid()}-", dir=root))
+    mark_staging(staging)
     try:
         md5 = _fetch(url, archive, v, root, base_url, show_progress, timeout)
         if v.md5 is None:
@@ -131,7 +140,7 @@ def download_movielens(
         _safe_extract(archive, staging, url)
         extracted = staging / v.folder
         if not (extracted / v.ratings_file).is_file():
-            top = sorted(p.name for p in staging.iterdir())
+            top = sorted(p.name for p in staging.iterdir() if p.name != MARKER)
             raise DataError(
                 f"{url}: the archive has no {v.folder}/{v.ratings_file} (top-level entries: {top})"
             )
@@ -145,7 +154,7 @@ def download_movielens(
         return target
     finally:
         archive.unlink(missing_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_marked(staging)
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Every function takes a frame with at least ``user_id, item_id`` (``timestamp`` for the temporal
 ones), returns a :class:`Split` of frames with the same columns (RangeIndex, input row order),
-and never modifies its input. No per-user Python loops: rows are ranked within their user by
+and never modifies its input. Data with a single user raises ``DataError`` (no recommender
+can be trained and evaluated on it). No per-user Python loops: rows are ranked within their user by
 one ``np.lexsort`` over (user, key), with random keys from ``np.random.default_rng(seed)``.
 
 Top-N splits (random, temporal, leave-one-out, time cutoff, held-out users) drop test rows
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from recsys_ebm.data.ids import shown
 from recsys_ebm.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -109,6 +111,7 @@ def random_holdout(frame: pd.DataFrame, fraction: float = 0.2, seed: int = 0) ->
         Seeds ``np.random.default_rng``; same frame and seed give the same split.
     """
     _check_frame(frame, ("user_id", "item_id"), "random_holdout")
+    _check_several_users(frame, "random_holdout")
     fraction = _check_fraction(fraction, "fraction")
     rng = np.random.default_rng(seed)
     users = _codes(frame["user_id"])
@@ -132,6 +135,7 @@ def temporal_holdout(frame: pd.DataFrame, fraction: float = 0.2, n: int | None =
         Needs ``user_id, item_id, timestamp``.
     """
     _check_frame(frame, ("user_id", "item_id", "timestamp"), "temporal_holdout")
+    _check_several_users(frame, "temporal_holdout")
     users = _codes(frame["user_id"])
     if n is None:
         n_test = _n_holdout(users, _check_fraction(fraction, "fraction"))
@@ -162,6 +166,7 @@ def time_cutoff(frame: pd.DataFrame, cutoff: float | str | pd.Timestamp) -> Spli
     rows whose user or item is not in train are dropped (counted, logged).
     """
     _check_frame(frame, ("user_id", "item_id", "timestamp"), "time_cutoff")
+    _check_several_users(frame, "time_cutoff")
     if isinstance(cutoff, bool):
         raise ValueError(f"cutoff must be Unix seconds or a date-time, got {cutoff!r}")
     if isinstance(cutoff, numbers.Real):
@@ -203,6 +208,7 @@ def held_out_users(
     train are dropped (counted, logged); held-out users are unknown to train by design.
     """
     _check_frame(frame, ("user_id", "item_id"), "held_out_users")
+    _check_several_users(frame, "held_out_users")
     if (n_users is None) == (fraction is None):
         raise ValueError(
             f"pass exactly one of n_users or fraction, got n_users={n_users!r}, fraction={fraction!r}"
@@ -239,6 +245,7 @@ def kfold(
     same rows) and their number is logged; ``drop_unknown=True`` drops and counts them.
     """
     _check_frame(frame, ("user_id", "item_id"), "kfold")
+    _check_several_users(frame, "kfold")
     if not _is_int(n_folds) or not 2 <= n_folds <= len(frame):
         raise ValueError(f"n_folds must be an integer in [2, {len(frame)}], got {n_folds!r}")
     rng = np.random.default_rng(seed)
@@ -270,6 +277,16 @@ def _check_frame(frame: pd.DataFrame, columns: tuple[str, ...], name: str) -> No
         if column in columns and frame[column].isna().any():
             row = int(np.flatnonzero(frame[column].isna().to_numpy())[0])
             raise ValueError(f"{name}: column {column!r} has a missing id at row {row}")
+
+
+def _check_several_users(frame: pd.DataFrame, name: str) -> None:
+    """A recommender learns from several users: one user is refused before any training."""
+    users = frame["user_id"].unique()
+    if len(users) < 2:
+        raise DataError(
+            f"{name}: the data has a single user ({shown(users[0])!r}, {len(frame)} "
+            "interactions); training and evaluating a recommender needs at least 2 users"
+        )
 
 
 def _check_fraction(value: float, name: str) -> float:
