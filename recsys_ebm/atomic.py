@@ -61,8 +61,10 @@ def _renameat2(source: Path, target: Path, flags: int) -> bool:
     raise OSError(code, os.strerror(code), str(target))
 
 
-def _mark(directory: Path) -> None:
+def mark_staging(directory: Path) -> None:
+    """Mark ``directory`` as this process's work in progress (see :func:`clean_stale`)."""
     (directory / MARKER).write_text(str(os.getpid()))
+
 
 
 def _process_alive(pid: int) -> bool:
@@ -76,12 +78,37 @@ def _process_alive(pid: int) -> bool:
 
 
 def _ours_and_abandoned(sibling: Path) -> bool:
+    """Marked by a process that is gone. The writer's PID is in the marker, or in the name
+    (``.NAME.staging-PID-XXXX``) when the marker is empty (a kill while writing it) or missing
+    from an empty directory (a kill between creating and marking it: removing it loses nothing)."""
     marker = sibling / MARKER
-    try:
-        pid = int(marker.read_text().strip())
-    except (OSError, ValueError):
+    named = sibling.name.rsplit("-", 2)[-2] if sibling.name.count("-") >= 2 else ""
+    if marker.is_file():
+        text = marker.read_text().strip()
+        pid_text = text if text.isdigit() else named
+    elif not any(sibling.iterdir()):
+        pid_text = named
+    else:
         return False  # no marker: not ours, never touched
+    if not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
     return pid != os.getpid() and not _process_alive(pid)
+
+
+def remove_marked(directory: Path) -> None:
+    """Delete a marked directory of ours, its marker last, so that an interrupted removal
+    leaves a directory that is still marked (and removed by the next writer)."""
+    for child in directory.iterdir():
+        if child.name == MARKER:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    (directory / MARKER).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        directory.rmdir()
 
 
 def clean_stale(target: Path) -> None:
@@ -90,7 +117,9 @@ def clean_stale(target: Path) -> None:
         if sibling.is_dir() and (".staging-" in sibling.name or ".old-" in sibling.name) \
                 and _ours_and_abandoned(sibling):
             logger.info("removing %s, left by an interrupted write", sibling)
-            shutil.rmtree(sibling, ignore_errors=True)
+            if not (sibling / MARKER).exists():
+                mark_staging(sibling)  # the empty, unmarked case: marked so the removal is safe
+            remove_marked(sibling)
 
 
 def temp_sibling(target: Path, suffix: str = "") -> Path:
@@ -164,12 +193,12 @@ def atomic_directory(target: str | os.PathLike, is_ours: Callable[[Path], bool])
         check_replaceable(target, is_ours)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-{os.getpid()}-",
                                         dir=target.parent))
-        _mark(staging)
+        mark_staging(staging)
         try:
             yield staging
             _put_in_place(staging, target, is_ours)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_marked(staging)
             raise
         # the marker travelled with the new directory; a crash before this line leaves only a
         # harmless extra file in a complete directory
@@ -194,12 +223,17 @@ def _put_in_place(staging: Path, target: Path, is_ours: Callable[[Path], bool]) 
             os.rename(staging, target)  # refuses a non-empty directory that appeared meanwhile
         return
     check_replaceable(target, is_ours)
-    if _renameat2(staging, target, _RENAME_EXCHANGE):
+    mark_staging(target)  # the old directory is marked before it moves: whatever is killed
+    try:                  # from here on leaves it marked, for clean_stale() or recover()
+        exchanged = _renameat2(staging, target, _RENAME_EXCHANGE)
+    except BaseException:
+        (target / MARKER).unlink(missing_ok=True)
+        raise
+    if exchanged:
         old = staging  # the exchange left the previous directory at the staging path
     else:
         old = target.with_name(f".{target.name}.old-{os.getpid()}-{staging.name[-8:]}")
-        _mark(target)  # marked before it moves: a crash between the renames is recoverable
         os.rename(target, old)
         os.rename(staging, target)
-    _mark(old)
-    shutil.rmtree(old, ignore_errors=True)
+    mark_staging(old)
+    remove_marked(old)

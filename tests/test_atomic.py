@@ -114,7 +114,8 @@ def test_a_second_writer_gets_a_clear_error(tmp_path):
     assert (target / "ours.txt").read_text() == "after"
 
 
-def _hammer(target: str, tag: str, rounds: int, queue) -> None:
+def _hammer(target: str, tag: str, rounds: int, queue, start) -> None:
+    start.wait(timeout=60)  # both write at the same time
     wins = losses = 0
     for i in range(rounds):
         try:
@@ -128,16 +129,19 @@ def _hammer(target: str, tag: str, rounds: int, queue) -> None:
 def test_two_processes_saving_hard_end_with_one_complete_directory(tmp_path):
     target = tmp_path / "model"
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    workers = [context.Process(target=_hammer, args=(str(target), tag, 60, queue)) for tag in "ab"]
+    queue, start = context.Queue(), context.Barrier(2)
+    workers = [context.Process(target=_hammer, args=(str(target), tag, 150, queue, start))
+               for tag in "ab"]
     for worker in workers:
         worker.start()
     results = [queue.get(timeout=120) for _ in workers]
     for worker in workers:
         worker.join(timeout=60)
         assert worker.exitcode == 0
-    assert sum(wins + losses for wins, losses in results) == 120  # no other error, ever
-    assert sum(wins for wins, _ in results) >= 60
+    # every save either lands whole or is refused with the clear error: no ENOTEMPTY,
+    # FileNotFoundError or any other failure (a worker would exit non-zero), ever
+    assert sum(wins + losses for wins, losses in results) == 300
+    assert sum(wins for wins, _ in results) >= 1 and sum(losses for _, losses in results) >= 1
     assert (target / "ours.txt").read_text().split("-")[0] in "ab"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", "model"]
 
