@@ -28,6 +28,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -132,6 +133,10 @@ def temp_sibling(target: Path, suffix: str = "") -> Path:
     return Path(name)
 
 
+#: ``.NAME.PID-XXXXXXXX<suffix>``: what :func:`temp_sibling` names (mkstemp's 8 characters)
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[A-Za-z0-9_]{8}")
+
+
 def clean_stale_files(directory: Path, name: str | None = None) -> None:
     """Remove the temporary files (:func:`temp_sibling`) of dead writers in ``directory``:
     those of target ``name`` only, or of every target when ``name`` is None."""
@@ -139,9 +144,10 @@ def clean_stale_files(directory: Path, name: str | None = None) -> None:
     if not directory.is_dir():
         return
     for candidate in directory.glob(f".{name}.*-*" if name is not None else ".*.*-*"):
-        # ".NAME.PID-XXXX<suffix>": the PID sits between the last dot and the first dash
-        pid_text = candidate.name.split("-", 1)[0].rsplit(".", 1)[-1]
-        if candidate.is_file() and pid_text.isdigit() and not _process_alive(int(pid_text)):
+        match = _TEMP_NAME.match(candidate.name)
+        if match is None or (name is not None and match["name"] != name):
+            continue
+        if candidate.is_file() and not _process_alive(int(match["pid"])):
             logger.info("removing %s, left by an interrupted write", candidate)
             candidate.unlink(missing_ok=True)
 

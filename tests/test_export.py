@@ -303,7 +303,7 @@ def test_temporary_files_of_killed_exports_are_removed_by_the_next_run(fitted, t
     model, user_items = fitted
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".top.parquet.{dead.pid}-abcd.tmp"
+    stale = tmp_path / f".top.parquet.{dead.pid}-abcd_1234.tmp"
     stale.write_bytes(b"half an export")
     someone_elses = tmp_path / ".top.parquet.notes"
     someone_elses.write_text("keep")

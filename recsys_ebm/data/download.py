@@ -66,6 +66,8 @@ def locate_or_download(
     found = _local_copy(v, root)
     if found is not None:
         logger.debug("using the local copy of %s in %s", v.name, found)
+        clean_stale_files(root, v.name)  # archives of downloads killed before this one won
+        clean_stale(root / v.name)
         return found
     target = root / v.folder
     if target.exists():
