@@ -271,3 +271,12 @@ def test_export_refuses_training_options_for_a_saved_model(trained, tmp_path, ca
                  "--set", "bogus=1", "--output", str(tmp_path / "x.parquet"), "--no-mlflow", "--quiet"])
     assert code == 2 and "configure a model to train" in caplog.text
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_serving_prints_no_faiss_loader_noise(trained):
+    """faiss logs each optional CPU build it cannot import; a user saw those lines on every export."""
+    done = subprocess.run([sys.executable, "-c", "import sys; from recsys_ebm.cli import main; sys.exit(main())",
+                           "recommend", "--model-path", str(trained["out"]), "--user", "1", "--index", "flat"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "user 1:" in done.stdout
+    assert "ModuleNotFoundError" not in done.stderr and "Could not load library" not in done.stderr

@@ -256,7 +256,7 @@ class MostPopular(Baseline):
         return {"item_counts": self.item_counts}
 
     def _restore(self, tensors: dict) -> None:
-        self.item_counts = tensors["item_counts"].numpy()
+        self.item_counts = tensors.expect("item_counts", (self.n_items,)).numpy()
 
 
 # ---------------------------------------------------------------------------------- item-kNN
@@ -349,4 +349,4 @@ class EASE(_ItemItemBaseline):
 
     def _restore(self, tensors: dict) -> None:
         super()._restore(tensors)
-        self.weights = tensors["weights"].numpy()
+        self.weights = tensors.expect("weights", (self.n_items, self.n_items)).numpy()

@@ -154,8 +154,9 @@ class ALS(_FactorBaseline):
         return {"user_factors": self.user_factors, "item_factors": self.item_factors}
 
     def _restore(self, tensors: dict) -> None:
-        self.user_factors = tensors["user_factors"].numpy()
-        self.item_factors = tensors["item_factors"].numpy()
+        factors = self.config.factors
+        self.user_factors = tensors.expect("user_factors", (self.n_users, factors)).numpy()
+        self.item_factors = tensors.expect("item_factors", (self.n_items, factors)).numpy()
         self.item_bias = np.zeros(self.n_items, dtype=np.float32)
         self._implicit = self._make_implicit()
         self._implicit.user_factors = self.user_factors.copy()
@@ -215,8 +216,11 @@ class BPR(_FactorBaseline):
                 "item_bias": self.item_bias, "item_counts": self.item_counts}
 
     def _restore(self, tensors: dict) -> None:
-        for name in ("user_factors", "item_factors", "item_bias", "item_counts"):
-            setattr(self, name, tensors[name].numpy())
+        width = tensors["item_factors"].shape[1]
+        self.user_factors = tensors.expect("user_factors", (self.n_users, width)).numpy()
+        self.item_factors = tensors.expect("item_factors", (self.n_items, width)).numpy()
+        self.item_bias = tensors.expect("item_bias", (self.n_items,)).numpy()
+        self.item_counts = tensors.expect("item_counts", (self.n_items,)).numpy()
 
 
 # ---------------------------------------------------------------------------------- BPR fold-in
