@@ -13,8 +13,8 @@ naming the writing process) and then put into place:
 * anything else at the path (a file, a directory that is not the caller's) is left untouched and
   is an error naming it.
 
-Writers of one path exclude each other with a lock file ``.NAME.lock`` (``flock``): the second
-gets :class:`~recsys_ebm.errors.ConcurrentWriteError` at once. Staging and old siblings left by
+Writers of one path exclude each other with a lock (``flock`` on a file named by the path's
+hash in the temporary directory's ``recsys-ebm-locks/``): the second gets :class:`~recsys_ebm.errors.ConcurrentWriteError` at once. Staging and old siblings left by
 killed processes are removed by the next writer, only when they carry the marker and their
 process is gone.
 """
@@ -26,6 +26,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -112,11 +113,17 @@ def remove_marked(directory: Path) -> None:
         directory.rmdir()
 
 
+def _siblings(target: Path, kinds: str = "staging|old") -> list[Path]:
+    """``target``'s own ``.NAME.staging-PID-XXXXXXXX`` / ``.NAME.old-PID-XXXXXXXX`` siblings
+    (never those of another path whose name starts the same way)."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.({kinds})-\d+-[A-Za-z0-9_]{{8}}")
+    return [p for p in target.parent.glob(f".{target.name}.*-*") if pattern.fullmatch(p.name)]
+
+
 def clean_stale(target: Path) -> None:
     """Remove the staging and old siblings of ``target`` left by processes that are gone."""
-    for sibling in target.parent.glob(f".{target.name}.*-*"):
-        if sibling.is_dir() and (".staging-" in sibling.name or ".old-" in sibling.name) \
-                and _ours_and_abandoned(sibling):
+    for sibling in _siblings(target):
+        if sibling.is_dir() and _ours_and_abandoned(sibling):
             logger.info("removing %s, left by an interrupted write", sibling)
             if not (sibling / MARKER).exists():
                 mark_staging(sibling)  # the empty, unmarked case: marked so the removal is safe
@@ -158,7 +165,7 @@ def recover(target: Path, is_complete: Callable[[Path], bool]) -> None:
     target = Path(target)
     if target.exists():
         return
-    for old in sorted(target.parent.glob(f".{target.name}.old-*")):
+    for old in sorted(_siblings(target, "old")):
         if old.is_dir() and _ours_and_abandoned(old) and is_complete(old):
             (old / MARKER).unlink(missing_ok=True)
             os.rename(old, target)
@@ -166,11 +173,16 @@ def recover(target: Path, is_complete: Callable[[Path], bool]) -> None:
             return
 
 
+#: where the write locks live: outside the written folders, so that they add no files to them
+LOCK_DIR = Path(tempfile.gettempdir()) / "recsys-ebm-locks"
+
+
 @contextlib.contextmanager
 def exclusive(target: Path) -> Iterator[None]:
     """Hold the write lock of ``target``; another holder makes this raise at once."""
-    lock_path = target.parent / f".{target.name}.lock"
-    with open(lock_path, "a") as handle:
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(str(Path(target).absolute()).encode()).hexdigest()[:32]
+    with open(LOCK_DIR / f"{key}.lock", "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -222,8 +234,28 @@ def check_replaceable(target: Path, is_ours: Callable[[Path], bool]) -> None:
                         "replaced); it was left untouched: choose another path or empty it")
 
 
+def _fsync_directory(directory: Path) -> None:
+    """Flush a directory's files and the directory itself to disk, so that a power loss after
+    the swap cannot leave the new directory's files empty while the old one is gone."""
+    for child in directory.rglob("*"):
+        if child.is_file() and not child.is_symlink():
+            with open(child, "rb") as handle:
+                os.fsync(handle.fileno())
+    for folder in (directory, *[p for p in directory.rglob("*") if p.is_dir()]):
+        _fsync_directory_entry(folder)
+
+
+def _fsync_directory_entry(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _put_in_place(staging: Path, target: Path, is_ours: Callable[[Path], bool]) -> None:
     """Move the finished ``staging`` to ``target`` (see the module docstring)."""
+    _fsync_directory(staging)
     if not target.exists():
         if not _renameat2(staging, target, _RENAME_NOREPLACE):
             os.rename(staging, target)  # refuses a non-empty directory that appeared meanwhile
@@ -241,5 +273,6 @@ def _put_in_place(staging: Path, target: Path, is_ours: Callable[[Path], bool]) 
         old = target.with_name(f".{target.name}.old-{os.getpid()}-{staging.name[-8:]}")
         os.rename(target, old)
         os.rename(staging, target)
+    _fsync_directory_entry(target.parent)
     mark_staging(old)
     remove_marked(old)

@@ -164,7 +164,10 @@ def _read_weights(weights_file: Path) -> SavedTensors:
 
 
 def read_model_name(path: str | Path) -> str:
-    """The model name recorded in a saved directory's config.json (reads no weights)."""
+    """The model name recorded in a saved directory's config.json (reads no weights); a
+    directory left aside by an interrupted save is put back first."""
+    if not Path(path).exists():
+        recover(Path(path).absolute(), is_model_dir)
     config_file = Path(path) / CONFIG_FILE
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} is not a saved model: {CONFIG_FILE} is missing")

@@ -40,7 +40,7 @@ def test_replaces_its_own_directory_whole(tmp_path):
     _write(target, "new")
     assert sorted(p.name for p in target.iterdir()) == ["ours.txt"]
     assert (target / "ours.txt").read_text() == "new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", "model"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
@@ -53,7 +53,7 @@ def test_never_deletes_a_directory_it_did_not_write(tmp_path, monkeypatch, excha
     with pytest.raises(DataError, match="victim.*not a directory this toolkit wrote"):
         _write(victim, "model")
     assert (victim / "notes.txt").read_text() == "important" and (victim / "sub").is_dir()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".victim.lock", "victim"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim"]
 
 
 def test_an_existing_file_is_an_error_and_untouched(tmp_path):
@@ -94,12 +94,12 @@ def test_a_swap_interrupted_between_the_renames_is_recovered(tmp_path):
 
 def test_stale_staging_of_dead_writers_is_removed_and_nothing_else(tmp_path):
     target = tmp_path / "model"
-    stale = tmp_path / f".model.staging-{_dead_pid()}-xyz"
+    stale = tmp_path / f".model.staging-{_dead_pid()}-xyz12345"
     stale.mkdir()
     (stale / MARKER).write_text(str(_dead_pid()))
-    unmarked = tmp_path / ".model.staging-1-notours"
+    unmarked = tmp_path / ".model.staging-1-notours1"
     unmarked.mkdir()
-    alive = tmp_path / f".model.staging-{os.getppid()}-alive"
+    alive = tmp_path / f".model.staging-{os.getppid()}-alive123"
     alive.mkdir()
     (alive / MARKER).write_text(str(os.getppid()))  # a writer that is still running
     _write(target, "new")
@@ -143,7 +143,7 @@ def test_two_processes_saving_hard_end_with_one_complete_directory(tmp_path):
     assert sum(wins + losses for wins, losses in results) == 300
     assert sum(wins for wins, _ in results) >= 1 and sum(losses for _, losses in results) >= 1
     assert (target / "ours.txt").read_text().split("-")[0] in "ab"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", "model"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
 _KILL_WRITER = """
@@ -175,4 +175,4 @@ def test_killed_writers_leave_the_old_or_the_new_directory(tmp_path):
         assert written in (["ours.txt"], ["ours.txt", *sorted(f"part{n}.bin" for n in range(20))])
     _write(target, "after")  # the next run succeeds and removes what the killed ones left
     assert (target / "ours.txt").read_text() == "after"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", "model"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -131,9 +131,10 @@ def _legacy_copy(trained_dir: Path, target: Path, with_seen_file: bool) -> None:
 
     import torch
 
-    from recsys_ebm.io import WEIGHTS_FILE, save_seen_items
+    from recsys_ebm.io import MANIFEST_FILE, WEIGHTS_FILE, save_seen_items
 
     shutil.copytree(trained_dir, target)
+    (target / MANIFEST_FILE).unlink()  # those versions wrote no manifest either
     tensors = torch.load(target / WEIGHTS_FILE, weights_only=True)
     seen = load_model(trained_dir).seen_items
     torch.save({k: v for k, v in tensors.items() if not k.startswith("seen.")}, target / WEIGHTS_FILE)

@@ -420,6 +420,7 @@ def test_a_model_saved_before_the_cosine_energy_loads_as_a_dot_product_model(tmp
     for key in ("similarity", "cosine_temperature"):  # what an older version wrote
         del document["config"][key]
     config_file.write_text(json.dumps(document))
+    (tmp_path / "m" / "manifest.json").unlink()  # nor did it write a manifest
     loaded = DotEBM.load(tmp_path / "m")
     assert loaded.config.similarity == "dot"
     users = np.arange(4)

@@ -37,7 +37,7 @@ def _kill_after_lines(argv: list[str], n_lines: int, delay: float) -> None:
 
 
 def _leftovers(folder: Path, keep: set[str]) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name not in keep and not p.name.endswith(".lock"))
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
 
 
 _SAVER = """

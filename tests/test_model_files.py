@@ -120,3 +120,53 @@ def test_train_never_deletes_an_existing_directory(tmp_path, movielens_dir, capl
     assert "evaluated" not in caplog.text  # refused before any training, not after it
     assert (victim / "notes.txt").read_text() == "important" and (victim / "sub").is_dir()
     assert sorted(p.name for p in victim.iterdir()) == ["notes.txt", "sub"]
+
+
+def test_load_model_puts_back_a_model_left_aside_by_an_interrupted_save(saved, tmp_path):
+    """The state a kill between the two renames of the fallback swap leaves."""
+    import os
+    import subprocess
+    import sys
+
+    from recsys_ebm.atomic import MARKER
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (saved / MARKER).write_text(str(dead.pid))
+    os.rename(saved, tmp_path / f".model.old-{dead.pid}-abcdefgh")
+    model = load_model(saved)
+    assert saved.is_dir() and model.n_users == 40
+
+
+def test_cleaning_leaves_the_siblings_of_other_paths_alone(fitted, tmp_path):
+    import subprocess
+    import sys
+
+    from recsys_ebm.atomic import MARKER
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    other = tmp_path / f".model.v2.old-{dead.pid}-abcdefgh"  # another model's only copy
+    other.mkdir()
+    (other / MARKER).write_text(str(dead.pid))
+    (other / "config.json").write_text("{}")
+    fitted.save(tmp_path / "model")
+    assert (other / "config.json").is_file()
+
+
+def test_a_stored_zero_counts_as_seen_exactly_when_the_model_counts_it(tmp_path):
+    from recsys_ebm.models.baselines import MostPopular
+    from recsys_ebm.models.crbm import CRBM
+
+    dense = np.array([[1, 0, 1, 1, 0], [1, 1, 0, 1, 1], [0, 1, 1, 1, 1]], dtype=np.float32)
+    with_zero = sp.csr_matrix(dense)
+    with_zero[0, 1] = 0.0  # a stored zero: not an interaction for a binary model
+    pop = MostPopular().fit(with_zero, show_progress=False)
+    for a, b in zip(pop.recommend([0], k=3), pop.recommend([0], with_zero, k=3), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert 1 in pop.recommend([0], k=3)[0]
+    ratings = sp.csr_matrix(np.array([[2, 0, 1, 2], [1, 2, 0, 2], [2, 1, 2, 0]], dtype=np.float32))
+    ratings[0, 1] = 0.0  # a rating of 0 on a 0..2 scale
+    crbm = CRBM(levels=(0, 1, 2), n_hidden=3, epochs=2, val_fraction=0.0).fit(ratings, show_progress=False)
+    assert crbm.seen_items[0, 1] == 1
+    assert 1 not in crbm.recommend([0], k=3)[0]

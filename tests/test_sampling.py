@@ -449,3 +449,11 @@ def test_calibrate_temperature_to_a_target_coverage():
     t = calibrate_temperature(scores, 0.5, metric="coverage", k=10, seed=3, rtol=0.02)
     assert expected_coverage(scores, 10, t, seed=3) == pytest.approx(0.5, abs=0.03)
     assert expected_coverage(scores, 10, t / 4, seed=3) < 0.5 < expected_coverage(scores, 10, t * 4, seed=3)
+
+
+def test_seen_items_are_masked_in_scores_of_any_memory_order():
+    scores = np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::-1])
+    exclude = sp.csr_matrix(np.eye(3, 4, dtype=np.float32))
+    ids, _ = sample_top_k(scores, 2, 0.0, exclude=exclude)
+    for row, seen in zip(ids, range(3), strict=True):
+        assert seen not in row

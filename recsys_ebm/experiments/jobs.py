@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys_ebm.data.ids import IdMap
+from recsys_ebm.data.interactions import Interactions
 from recsys_ebm.errors import DataError
 from recsys_ebm.experiments import runner
 from recsys_ebm.export.writer import ExportConfig, ExportResult, export_recommendations
@@ -52,8 +53,11 @@ def export_job(dataset: Any, output: str | Path, *, model_name: str = "dpebm",
     with ``options`` the way ``recsys-ebm train`` does (random protocol, early stopping on a
     validation split carved from train, refit on all of train), exported for every user.
 
-    Each user's seen items are the model's seen set (the interactions it was fitted on), the
-    same set ``recommend`` leaves out, so export and recommend serve the same lists.
+    A saved model's export leaves out its seen set (the interactions it was fitted on), the
+    same set ``recommend`` leaves out, so export and recommend serve the same lists. A model
+    trained here is fitted on the protocol's train part only, so its export leaves out every
+    interaction the data set holds for a user (train and test): nobody is served what they
+    already have.
 
     Parameters
     ----------
@@ -64,6 +68,7 @@ def export_job(dataset: Any, output: str | Path, *, model_name: str = "dpebm",
         the users' seen items too.
     """
     config = config if config is not None else ExportConfig()
+    known = None  # what the export leaves out beyond the model's seen set
     if model_path is not None:
         model = serving_model(model_path, index)
         user_map, item_map = saved_id_maps(model, model_path)
@@ -82,6 +87,8 @@ def export_job(dataset: Any, output: str | Path, *, model_name: str = "dpebm",
                                            show_progress=show_progress)
         user_map, item_map = prepared.train.user_map, prepared.train.item_map
         source = f"trained {model_name}"
+        known = Interactions.from_frame(dataset.ratings, user_map=user_map, item_map=item_map,
+                                        name="known").user_items
     if tracker is not None:
         tracker.log_params({"model": model_name if model_path is None else type(model).__name__,
                             "model_source": source, "refit": refit, "index": index or "none",
@@ -91,7 +98,7 @@ def export_job(dataset: Any, output: str | Path, *, model_name: str = "dpebm",
     blocked = None if filter_items is None else raw_to_index(item_map, filter_items, "--filter-items")
     return export_recommendations(model, output, raw_user_ids=user_map.raw_ids,
                                   raw_item_ids=item_map.raw_ids, config=config, resume=resume,
-                                  show_progress=show_progress, tracker=tracker,
+                                  show_progress=show_progress, tracker=tracker, user_items=known,
                                   filter_items=blocked, filter_seen=filter_seen)
 
 

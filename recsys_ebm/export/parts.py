@@ -73,7 +73,8 @@ def part_is_valid(part: Path, chunk: int, chunk_users: np.ndarray) -> bool:
         return True
     allowed = pa.array(chunk_users)
     return bool(pc.all(pc.is_in(users, value_set=allowed)).as_py()) and \
-        _plain(users[0].as_py()) == record["first_user"]
+        _plain(users[0].as_py()) == record["first_user"] and \
+        _plain(users[-1].as_py()) == record["last_user"]
 
 
 def prepare_parts(parts: Path, manifest: dict, resume: bool) -> set[int]:
@@ -92,19 +93,27 @@ def prepare_parts(parts: Path, manifest: dict, resume: bool) -> set[int]:
         logger.info("resuming: %d finished chunks found in %s", len(done), parts)
         return done
     if parts.exists():
+        if not _is_export_manifest(manifest_file):
+            raise ValueError(f"{parts} exists and is not the parts of an export; it was left "
+                             "untouched: remove it or choose another output")
         n_old = len(list(parts.glob("part-*.arrow")))
         if n_old:
             logger.warning("discarding %d finished chunks of an earlier export in %s "
                            "(pass resume to continue it instead)", n_old, parts)
-        if not manifest_file.is_file():
-            raise ValueError(f"{parts} exists and is not the parts of an export; it was left "
-                             "untouched: remove it or choose another output")
         shutil.rmtree(parts)
     elif resume:
         logger.info("nothing to resume at %s; starting a new export", parts)
     parts.mkdir(parents=True)
     atomic_write_bytes(manifest_file, json.dumps(manifest, indent=2, sort_keys=True).encode())
     return set()
+
+
+def _is_export_manifest(path: Path) -> bool:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and {"format", "chunk_size", "model", "data"} <= set(manifest)
 
 
 def verified_done(parts: Path, done: set[int], chunk_users) -> set[int]:

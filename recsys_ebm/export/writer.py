@@ -230,6 +230,7 @@ class _Job:
             "k": cfg.k, "temperature": cfg.temperature, "seed": cfg.seed,
             "chunk_size": cfg.chunk_size, "n_users": self.n_users, "n_items": self.n_items,
             "model": _model_digest(self.model, self.n_users),
+            "serving": self.model.serving(),
             "data": _digest(self.raw_users, self.raw_items,
                             *(() if seen is None else (seen.indptr, seen.indices))),
             "filter_seen": self.filter_seen,

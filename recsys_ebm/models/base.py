@@ -97,11 +97,24 @@ class Recommender(ABC):
     #: the users x items pattern the model was fitted on (binary CSR), or None before ``fit``
     seen_items: sp.csr_matrix | None = None
 
+    def serving(self) -> dict:
+        """How this model's rankings are made, for records that must not mix two ways (an
+        export's resumable parts): the exact path of the model itself."""
+        return {"path": "exact", "model": type(self).__name__}
+
+    def zeros_are_interactions(self) -> bool:
+        """Whether a stored zero in ``user_items`` is an interaction (a rating of 0 for a model
+        whose scale includes 0); for every other model it is not, as everywhere in the toolkit."""
+        return False
+
+    def _interaction_pattern(self, user_items: sp.csr_matrix, name: str = "user_items") -> sp.csr_matrix:
+        """The canonical pattern of ``user_items`` as this model counts interactions: what the
+        seen set holds and what an explicit ``user_items`` leaves out, by one rule."""
+        return canonical_csr(user_items, name=name, drop_zeros=not self.zeros_are_interactions())
+
     def _remember_seen(self, user_items: sp.csr_matrix) -> None:
         """Keep the fitted interactions' pattern: what ``recommend`` leaves out by default."""
-        pattern = sp.csr_matrix(user_items, dtype=np.float32, copy=True)
-        pattern.eliminate_zeros()
-        pattern.sum_duplicates()
+        pattern = sp.csr_matrix(self._interaction_pattern(user_items), dtype=np.float32, copy=True)
         pattern.data[:] = 1.0
         self.seen_items = pattern
 
@@ -194,10 +207,10 @@ class Recommender(ABC):
             exclude = rows if rows is not None else self._seen_rows(user_ids)
         request = RankRequest(
             user_ids=user_ids, history=rows if fold_in else None,
-            exclude=None if exclude is None else canonical_csr(exclude, name="user_items"),
+            exclude=None if exclude is None else self._interaction_pattern(exclude),
             mask=item_mask(self.n_items, items, filter_items), k=k, temperature=temperature,
             seed=seed_from(rng), keys=user_ids, with_log_p=with_probabilities,
-            batch_size=batch_size or 2048, n_threads=n_threads)
+            batch_size=batch_size, n_threads=n_threads)
         ids, scores, log_p = self._rank(request)
         if with_probabilities:
             return ids, scores, np.where(ids >= 0, np.exp(log_p), np.nan)
@@ -214,11 +227,11 @@ class Recommender(ABC):
         selected by :func:`recsys_ebm.ranking.select.select`. Models with a faster exact
         path (vectors, an index) override this, never ``recommend``."""
         r = request
-        n = len(r.user_ids)
+        n, step = len(r.user_ids), r.batch_size or 2048
         ids, values = np.empty((n, r.k), np.int64), np.empty((n, r.k), np.float32)
         log_p = np.empty((n, r.k)) if r.with_log_p else None
-        for start in range(0, n, r.batch_size):
-            stop = min(start + r.batch_size, n)
+        for start in range(0, n, step):
+            stop = min(start + step, n)
             history = r.history[start:stop] if r.history is not None else None
             scores = np.array(self.score(r.user_ids[start:stop], history), dtype=np.float32, order="C")
             mask_rows(scores, r.exclude, start)
@@ -250,7 +263,7 @@ class RankRequest:
     seed: int
     keys: np.ndarray
     with_log_p: bool
-    batch_size: int
+    batch_size: int | None
     n_threads: int | None
 
 
@@ -313,5 +326,6 @@ class EmbeddingMixin:
         vectors = self.user_vectors(r.user_ids, r.history)
         return rank_vectors(vectors, self.item_vectors(), self.item_biases(), r.k, r.temperature,
                             r.seed, keys=r.keys, exclude=r.exclude, mask=r.mask,
-                            with_log_p=r.with_log_p, n_threads=r.n_threads)
+                            with_log_p=r.with_log_p, batch_size=r.batch_size,
+                            n_threads=r.n_threads)
 

@@ -8,7 +8,8 @@ runs over it): ``score`` is the wrapped model's, ``recommend`` retrieves from th
 * T > 0: a documented truncation of the Gibbs distribution. The index retrieves each user's
   ``n_candidates`` lowest-energy items and the one seeded sampler draws ``k`` of them at
   temperature T; items outside the candidates get probability 0, and probabilities (export)
-  are normalised over the candidates.
+  are normalised over the candidates. So are the ranked lists' probabilities of the
+  approximate kinds; the flat index reports the model's exact ones.
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ class IndexedRecommender(Recommender):
         return self.model.item_biases()
 
     # ------------------------------------------------------------------ ranking
+    def serving(self) -> dict:
+        """The index kind and the candidates exploratory lists are drawn from."""
+        return {"path": "index", "model": type(self.model).__name__, "kind": self.index_config.kind,
+                "metric": self.index_config.metric, "n_candidates": self.n_candidates}
+
     def _rank(self, request: RankRequest) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         r = request
         if self.index is None:
@@ -100,6 +106,9 @@ class IndexedRecommender(Recommender):
             ids, values = self.index.search(vectors, r.k, exclude=r.exclude, allowed=r.mask)
             if not r.with_log_p:
                 return ids, values, None
+            if self.index_config.kind == "flat":  # exact: the partition over every item
+                _, _, log_p = self.model._rank(r)
+                return ids, values, log_p
             # probabilities at T = 1 over the candidates; the ranking itself stays the k-search
             _, cand_scores = self.index.search(vectors, max(self.n_candidates, r.k),
                                                exclude=r.exclude, allowed=r.mask)

@@ -101,7 +101,7 @@ def rank_vectors(user_vectors: np.ndarray, item_vectors: np.ndarray, item_biases
     mask : bool (n_items,): only these items may be returned.
     with_log_p : also return log p(i | u, T) (T = 1 for the ranking), float64 (n, k).
     batch_size : users per BLAS call (default :func:`auto_batch_size`); memory is about
-        ``n_threads * batch_size * n_items * 4`` bytes (twice that with ``with_log_p``).
+        ``n_threads * batch_size * n_items * 4`` bytes.
 
     Returns
     -------
@@ -128,7 +128,6 @@ def rank_vectors(user_vectors: np.ndarray, item_vectors: np.ndarray, item_biases
     def block(start: int, stop: int) -> None:
         if getattr(local, "scores", None) is None:
             local.scores = np.empty((batch_size, scorer.n_items), dtype=np.float32)
-            local.work = np.empty(batch_size * scorer.n_items, np.float32) if with_log_p else None
         block_users = users[start:stop]
         scores = scorer.score(block_users * scale if temperature > 0 else block_users,
                               out=local.scores[:stop - start])
@@ -140,7 +139,7 @@ def rank_vectors(user_vectors: np.ndarray, item_vectors: np.ndarray, item_biases
                 values = rescore(block_users, items, ids)
             else:
                 ids, values, log_p = select(scores, k, 0.0, seed, keys[start:stop],
-                                            with_log_p=with_log_p, work=local.work)
+                                            with_log_p=with_log_p)
         out_ids[start:stop], out_values[start:stop] = ids, values
         if with_log_p:
             out_log_p[start:stop] = log_p

@@ -44,7 +44,7 @@ import scipy.sparse as sp
 from recsys_ebm.atomic import atomic_directory
 from recsys_ebm.config import Config, check
 from recsys_ebm.data.sparse import canonical_csr
-from recsys_ebm.errors import ModelFileError
+from recsys_ebm.errors import ConcurrentWriteError, ModelFileError
 from recsys_ebm.io import sha256_of
 from recsys_ebm.ranking.neighbours import eligible_counts, filter_seen, mips_to_l2, next_pow2
 from recsys_ebm.ranking.topk import check_k, item_mask, mask_rows, top_k
@@ -324,7 +324,7 @@ class EnergyIndex:
         user_vectors : float32 (n, dim)
         exclude : CSR (n, n_items) aligned with the users; stored entries are never returned.
         allowed : bool (n_items,) or item ids, optional (a FAISS ID selector).
-        max_rounds : over-fetch rounds (each doubling the fetch) before short rows are
+        max_rounds : over-fetch rounds (each fetching 4 times more) before short rows are
             answered by the exact path.
 
         Returns
@@ -460,5 +460,9 @@ def load_or_build(model: Any, model_dir: str | Path, config: IndexConfig | None 
         except ValueError as exc:
             logger.warning("%s; rebuilding", exc)
     index = EnergyIndex.build(model, config=config)
-    index.save(path)
+    try:
+        index.save(path)
+    except (OSError, ConcurrentWriteError) as exc:  # a read-only model folder, another builder
+        logger.warning("serving the %s index from memory: it could not be saved to %s (%s)",
+                       config.kind, path, exc)
     return index

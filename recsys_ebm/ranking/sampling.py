@@ -164,8 +164,8 @@ def sample_top_k(
         raise ValueError(f"scores must be 2-D (n, n_items), got shape {scores.shape}")
     k = check_k(k)
     keys = check_keys(keys, scores.shape[0])
+    scores = np.ascontiguousarray(scores)  # masked and drawn items are set through a flat view
     apply_masks(scores, exclude, None if allowed is None else item_mask(scores.shape[1], allowed))
-    scores = np.ascontiguousarray(scores)  # drawn items are masked through a flat view
     if temperature == 0:
         if return_log_norm:
             raise ValueError("return_log_norm needs temperature > 0")

@@ -25,7 +25,7 @@ def select(scores: np.ndarray, k: int, temperature: float, seed: int, keys: np.n
     keys : int64 (n,), the users' sampling keys (see :func:`recsys_ebm.ranking.sampling.sample_top_k`).
     with_log_p : also return log p(i | u, T) of the selected items under the Gibbs distribution
         over the eligible items (at T = 1 for the ranking); see :func:`log_probabilities`.
-    work : optional float32 scratch of ``scores.size`` entries for the log-partition.
+    work : optional float32 scratch for the log-partition (see :func:`logsumexp_rows`).
 
     Returns
     -------

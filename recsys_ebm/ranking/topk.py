@@ -106,6 +106,8 @@ def mask_rows(scores: np.ndarray, exclude: sp.csr_matrix | None, start: int = 0)
     """
     if exclude is None or scores.shape[0] == 0:
         return
+    if not scores.flags.c_contiguous:  # a flat view of anything else would be a silent copy
+        raise ValueError("scores must be C-contiguous to be masked in place")
     stop = start + scores.shape[0]
     indptr = exclude.indptr[start:stop + 1]
     cols = exclude.indices[indptr[0]:indptr[-1]]

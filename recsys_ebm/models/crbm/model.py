@@ -90,13 +90,17 @@ class CRBM(Recommender):
         return self.config.conditional and self.config.include_queries
 
     # ------------------------------------------------------------------ input handling
+    def zeros_are_interactions(self) -> bool:
+        """A stored zero is a rating when the scale includes 0 (a level <= 0)."""
+        levels = self.levels if self.levels is not None else self.config.levels
+        return levels is not None and levels[0] <= 0
+
     def _check_ratings(self, ratings, name: str = "ratings") -> sp.csr_matrix:
         """float32 CSR copy with duplicates summed; unless a rating level is <= 0, stored zeros
         are dropped (they are no ratings) and negative values raise."""
         ratings = check_user_items(ratings).copy()  # it may share the caller's arrays
         ratings.sum_duplicates()
-        levels = self.levels if self.levels is not None else self.config.levels
-        if levels is None or levels[0] > 0:
+        if not self.zeros_are_interactions():
             ratings.eliminate_zeros()
             if np.any(ratings.data < 0):
                 raise ValueError(f"{name} holds negative values; the CRBM needs ratings as values "
@@ -145,9 +149,9 @@ class CRBM(Recommender):
         if ratings.nnz == 0:
             raise ValueError("user_items has no ratings to train on")
         self.n_users, self.n_items = ratings.shape
-        self._remember_seen(ratings)
         levels = cfg.levels if cfg.levels is not None else np.unique(ratings.data.astype(np.float64))
         self.levels = np.asarray(levels, dtype=np.float64)
+        self._remember_seen(ratings)
         if len(self.levels) < 2:
             raise ValueError(f"the ratings have a single value {self.levels.tolist()}; "
                              "the CRBM needs at least 2 rating levels (set CRBMConfig.levels)")
