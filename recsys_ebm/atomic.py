@@ -180,8 +180,11 @@ LOCK_DIR = Path(tempfile.gettempdir()) / "recsys-ebm-locks"
 @contextlib.contextmanager
 def exclusive(target: Path) -> Iterator[None]:
     """Hold the write lock of ``target``; another holder makes this raise at once."""
-    LOCK_DIR.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(str(Path(target).absolute()).encode()).hexdigest()[:32]
+    if not LOCK_DIR.is_dir():
+        LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # shared by every user, like /tmp itself
+            os.chmod(LOCK_DIR, 0o1777)
+    key = hashlib.sha256(str(Path(target).resolve()).encode()).hexdigest()[:32]
     with open(LOCK_DIR / f"{key}.lock", "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
