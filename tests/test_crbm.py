@@ -454,3 +454,16 @@ def test_end_to_end_ml100k_u1(movielens_dir):
     assert fold["n_test"] == 20_000 and fold["n_fallback"] == 32
     assert 0.85 < result["rmse"] < 1.0
     assert result["mae"] < 0.8
+
+
+def test_a_rating_off_the_inferred_scale_is_refused_naming_it():
+    dense = np.array([[1, 2, 0, 5], [3, 4, 5, 0], [0, 1, 2, 1e30]], dtype=np.float32)
+    with pytest.raises(ValueError, match=r"1e\+30 \(user row 2\) is off the scale from 1 in steps of 1"):
+        CRBM(n_hidden=2, epochs=1, val_fraction=0.0).fit(sp.csr_matrix(dense), show_progress=False)
+    # half stars with some levels absent are still a scale; the levels are the values present
+    halves = sp.csr_matrix(np.array([[0.5, 1.0, 0, 5], [3, 4.5, 5, 0], [0, 1, 2, 1]], np.float32))
+    model = CRBM(n_hidden=2, epochs=1, val_fraction=0.0).fit(halves, show_progress=False)
+    assert model.levels.tolist() == [0.5, 1.0, 2.0, 3.0, 4.5, 5.0]
+    with pytest.raises(ValueError, match=r"is off the scale from 1 in steps of 0.3"):
+        CRBM(n_hidden=2, epochs=1, val_fraction=0.0).fit(
+            sp.csr_matrix(np.array([[1, 2, 0], [2.3, 3, 1]], np.float32)), show_progress=False)
