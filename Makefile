@@ -24,10 +24,11 @@ K ?= 100
 OUTPUT ?= outputs/exports/$(DATASET)-$(VARIANT)-$(MODEL)-top$(K).parquet
 BENCH_ARGS ?=
 
-.PHONY: help setup train evaluate evaluate-model test lint clean export bench
+.PHONY: help setup train train-production evaluate evaluate-model test lint clean export bench
 
 help:
 	@echo "make train    [DATASET=movielens VARIANT=100k MODEL=dpebm DATA_DIR=... ARGS=...]"
+	@echo "make train-production  the same, then fitted on every interaction: the model to serve"
 	@echo "make evaluate [PROTOCOL=random|temporal|loo|strong|ratings MODELS=dpebm,ease ...]  -> reports/<dataset>/<protocol>.md"
 	@echo "              every model tuned on validation, refit, 3 seeds; + .json and PNG plots"
 	@echo "make evaluate-model [MODEL=dpebm PROTOCOL=random]  -> reports/<dataset>-<variant>/<model>-<protocol>.json"
@@ -50,6 +51,11 @@ $(BENCH_STAMP): $(STAMP)
 
 train: $(STAMP)
 	$(BIN)/recsys-ebm train $(DATA_FLAGS) --model $(MODEL) $(ARGS)
+
+# the model to serve: evaluated like `train`, then fitted on every interaction
+train-production: $(STAMP)
+	$(BIN)/recsys-ebm train $(DATA_FLAGS) --model $(MODEL) --fit all \
+		--output-dir outputs/$(DATASET)-$(VARIANT)/$(MODEL)-production $(ARGS)
 
 # the model comparison report (recsys_ebm/experiments/report.py)
 evaluate: $(BENCH_STAMP)

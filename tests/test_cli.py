@@ -281,3 +281,23 @@ def test_serving_prints_no_faiss_loader_noise(trained):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "user 1:" in done.stdout
     assert "ModuleNotFoundError" not in done.stderr and "Could not load library" not in done.stderr
+
+
+def test_production_fit_uses_every_interaction_and_is_served_without_retraining(tmp_path, movielens_dir):
+    out = tmp_path / "production"
+    code = main(["train", "--data-dir", str(movielens_dir), "--model", "ease", "--fit", "all",
+                 "--no-mlflow", "--quiet", "--output-dir", str(out)])
+    assert code == 0
+    model = load_model(out)
+    # every user, every item, every rating of u.data: nothing the split held out is recommendable
+    assert (model.n_users, model.n_items) == (943, 1682) and model.seen_items.nnz == 100_000
+    assert model.meta["fit"] == "all"
+    export = tmp_path / "top.parquet"
+    assert main(["export", "--data-dir", str(movielens_dir), "--model-path", str(out), "--k", "5",
+                 "--output", str(export), "--no-mlflow", "--quiet"]) == 0
+    frame = pd.read_parquet(export)
+    u_data = pd.read_csv(Path(movielens_dir) / "ml-100k" / "u.data", sep="\t", header=None,
+                         names=["user_id", "item_id", "rating", "timestamp"])
+    rated = set(zip(u_data.user_id, u_data.item_id, strict=True))
+    assert frame.user_id.nunique() == 943
+    assert not any((u, i) in rated for u, i in zip(frame.user_id, frame.item_id, strict=True))

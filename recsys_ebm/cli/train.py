@@ -20,6 +20,7 @@ from recsys_ebm.cli.common import (
     tracker_from_args,
     write_out,
 )
+from recsys_ebm.data.interactions import Interactions
 from recsys_ebm.evaluation.evaluate import format_table
 from recsys_ebm.experiments import runner
 from recsys_ebm.experiments.jobs import raw_to_index, saved_id_maps, serving_model
@@ -42,6 +43,10 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     add_model_args(train)
     add_tracking_args(train)
     train.add_argument("--protocol", default="random", choices=runner.RANKING_PROTOCOLS)
+    train.add_argument("--fit", choices=("train", "all"), default="train",
+                       help="train: save the model fitted on the protocol's train split (the one "
+                            "evaluated); all: evaluate that way, then fit on every interaction with "
+                            "the options and epochs it chose and save that model, to serve")
     train.add_argument("--output-dir", default=None,
                        help="where the model is saved (default: outputs/<dataset>/<model>)")
 
@@ -106,18 +111,26 @@ def cmd_train(args) -> int:
     check_replaceable(output.absolute(), is_model_dir)  # before any training, not after it
     with tracker_from_args(args, f"train-{args.model}") as tracker:
         dataset, data, model, result = _train_and_evaluate(args, tracker)
+        fitted_on = data.train
+        if args.fit == "all":
+            fitted_on = Interactions.from_frame(dataset.ratings, name="all")
+            model = runner.fit_production(args.model, model_options_from_args(args), fitted_on,
+                                          model.history.best_epoch, callback=tracker.log_epoch,
+                                          show_progress=not args.quiet)
+            tracker.log_params({"fit": "all", "fit_interactions": len(fitted_on)})
         # the model files hold its seen set (the interactions it was fitted on) and the id maps
-        model.save(output, meta={"user_ids": data.train.user_map.to_list(),
-                                 "item_ids": data.train.item_map.to_list(),
+        model.save(output, meta={"user_ids": fitted_on.user_map.to_list(),
+                                 "item_ids": fitted_on.item_map.to_list(), "fit": args.fit,
                                  "dataset": dataset.name, "dataset_checksum": dataset.checksum})
         tracker.log_artifacts(output, "model")
         tracker.log_dict(result.summary, "test_metrics.json")
-        sample = runner.sample_recommendations(model, data, dataset.items)
+        sample = runner.sample_recommendations(model, fitted_on, dataset.items)
         tracker.log_table(sample, "top10_sample.csv")
         run_id = tracker.run_id
     write_out(f"\n{args.model} on {dataset.name} ({args.protocol} protocol), test metrics:\n")
     write_out(format_table(result.summary, runner.KS) + "\n")
-    write_out(f"model saved to {output}" + (f"; MLflow run {run_id}" if run_id else "") + "\n")
+    fitted = " (fitted on every interaction)" if args.fit == "all" else ""
+    write_out(f"model saved to {output}{fitted}" + (f"; MLflow run {run_id}" if run_id else "") + "\n")
     return 0
 
 

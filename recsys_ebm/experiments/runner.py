@@ -31,13 +31,18 @@ from recsys_ebm.data.split import (
 )
 from recsys_ebm.data.variants import RatingScale
 from recsys_ebm.evaluation.evaluate import RankingResult, evaluate_ranking
-from recsys_ebm.experiments.tuning import build_model, fit_with_validation, model_input
+from recsys_ebm.experiments.tuning import (
+    build_model,
+    fit_production,
+    fit_with_validation,
+    model_input,
+)
 from recsys_ebm.models.base import Recommender
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KS", "RANKING_PROTOCOLS", "VALIDATION_SEED", "Dataset", "PreparedData", "build_model", "evaluate_model", "fit_with_validation",
-           "load_dataset", "make_split", "model_input", "model_options", "prepare",
+__all__ = ["KS", "RANKING_PROTOCOLS", "VALIDATION_SEED", "Dataset", "PreparedData", "build_model",
+           "evaluate_model", "fit_production", "fit_with_validation", "load_dataset", "make_split", "model_input", "model_options", "prepare",
            "sample_recommendations"]
 
 #: Top-N protocols of docs/protocols.md; "strong" folds held-out users in at evaluation time.
@@ -139,15 +144,19 @@ def evaluate_model(model: Recommender, data: PreparedData, ks=KS,
                             show_progress=show_progress)
 
 
-def sample_recommendations(model: Recommender, data: PreparedData, items: pd.DataFrame | None,
+def sample_recommendations(model: Recommender, fitted_on: Interactions, items: pd.DataFrame | None,
                            n_users: int = 5, k: int = 10) -> pd.DataFrame:
-    """Top-k for the first few users with raw ids (and titles when known): an MLflow artifact."""
-    users = np.arange(min(n_users, data.train.n_users))
-    ids, scores = model.recommend(users, model_input(model, data.train), k=k)
+    """Top-k for the first few users with raw ids (and titles when known): an MLflow artifact.
+
+    ``fitted_on`` holds the interactions (and id maps) the model was fitted on; its seen set
+    is left out.
+    """
+    users = np.arange(min(n_users, fitted_on.n_users))
+    ids, scores = model.recommend(users, k=k)
     frame = pd.DataFrame({
-        "user_id": np.repeat(data.train.user_map.to_raw(users), k),
+        "user_id": np.repeat(fitted_on.user_map.to_raw(users), k),
         "rank": np.tile(np.arange(1, k + 1), len(users)),
-        "item_id": data.train.item_map.to_raw(np.where(ids >= 0, ids, 0).ravel()),
+        "item_id": fitted_on.item_map.to_raw(np.where(ids >= 0, ids, 0).ravel()),
         "score": scores.ravel(),
     })[ids.ravel() >= 0]
     if items is not None and "title" in items.columns:

@@ -117,6 +117,17 @@ def fit_with_validation(name: str, options: dict[str, Any], data: PreparedData, 
     return final
 
 
+def fit_production(name: str, options: dict[str, Any], interactions: Interactions,
+                   best_epoch: int, *, callback=None, show_progress: bool = True) -> Recommender:
+    """The model to serve: fitted on every interaction (``interactions``, all users and items of
+    the data), with the options a validation run chose (``best_epoch`` for models that train
+    in epochs). Its seen set is then everything a user has."""
+    model, _ = fit_on_train(name, refit_options(name, options, best_epoch), interactions,
+                            callback=_prefixed(callback, "production_"), show_progress=show_progress)
+    model.history.best_epoch = best_epoch
+    return model
+
+
 def _prefixed(callback, prefix: str):
     if callback is None:
         return None
