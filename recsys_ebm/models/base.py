@@ -329,3 +329,25 @@ class EmbeddingMixin:
                             with_log_p=r.with_log_p, batch_size=r.batch_size,
                             n_threads=r.n_threads)
 
+    def similar_items(self, item_ids, k: int = 10, *, metric: str = "cosine", N: int | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` items nearest to each of ``item_ids`` (itself excluded): by the cosine of
+        the item vectors, or ``metric="energy"``, the items of lowest energy for a query that is
+        the item's vector. ``N`` is implicit's name for ``k``. Returns ids (n, k), scores (n, k)."""
+        self._require_fitted()
+        from recsys_ebm.models.similarity import check_ids, nearest_rows
+
+        ids = check_ids(item_ids, self.n_items, "item")
+        return nearest_rows(self.item_vectors(), ids, N if N is not None else k, metric=metric,
+                            biases=self.item_biases())
+
+    def similar_users(self, user_ids, k: int = 10, *, N: int | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` trained users whose vectors are nearest (cosine) to each of ``user_ids``,
+        themselves excluded. Returns ids (n, k), scores (n, k)."""
+        self._require_fitted()
+        from recsys_ebm.models.similarity import check_ids, nearest_rows
+
+        ids = check_ids(user_ids, self.n_users, "user")
+        return nearest_rows(self.user_vectors(np.arange(self.n_users)), ids, N if N is not None else k)
+

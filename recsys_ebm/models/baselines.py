@@ -46,6 +46,7 @@ from recsys_ebm.models.base import (
     check_user_ids,
     check_user_items,
 )
+from recsys_ebm.models.similarity import check_ids, nearest_in_matrix
 from recsys_ebm.models.training import TrainingHistory, ranking_validator
 
 logger = logging.getLogger(__name__)
@@ -231,6 +232,18 @@ class _ItemItemBaseline(Baseline):
     def _restore(self, tensors: dict) -> None:
         self.train_items = csr_from_tensors("train", tensors, (self.n_users, self.n_items))
 
+    def _item_item(self):
+        """The model's item-item matrix (n_items, n_items): its neighbour weights."""
+        raise NotImplementedError
+
+    def similar_items(self, item_ids, k: int = 10, *, N: int | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` items with the largest weights in each item's row of the model's item-item
+        matrix (itself excluded); ``N`` is implicit's name for ``k``."""
+        self._require_fitted()
+        ids = check_ids(item_ids, self.n_items, "item")
+        return nearest_in_matrix(self._item_item(), ids, N if N is not None else k)
+
 
 # ---------------------------------------------------------------------------------- pop
 class MostPopular(Baseline):
@@ -295,6 +308,9 @@ class ItemKNN(_ItemItemBaseline):
         history = self._history(user_ids, user_items)
         return (history @ self.similarity).toarray().astype(np.float32, copy=False)
 
+    def _item_item(self):
+        return self.similarity
+
     def _tensors(self) -> dict[str, np.ndarray]:
         return {**super()._tensors(), **csr_tensors("similarity", self.similarity)}
 
@@ -343,6 +359,9 @@ class EASE(_ItemItemBaseline):
         """x_u B for every item: float32 (n, n_items)."""
         history = self._history(user_ids, user_items)
         return np.asarray(history @ self.weights, dtype=np.float32)
+
+    def _item_item(self):
+        return self.weights
 
     def _tensors(self) -> dict[str, np.ndarray]:
         return {**super()._tensors(), "weights": self.weights}
