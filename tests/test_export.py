@@ -309,3 +309,18 @@ def test_temporary_files_of_killed_exports_are_removed_by_the_next_run(fitted, t
     someone_elses.write_text("keep")
     export_recommendations(model, tmp_path / "top.parquet", user_items=user_items, k=3, show_progress=False)
     assert not stale.exists() and someone_elses.read_text() == "keep"
+
+
+def test_parquet_exports_say_what_made_them(fitted, tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    model, user_items = fitted
+    out = export_recommendations(model, tmp_path / "top.parquet", user_items=user_items, k=4,
+                                 temperature=0.5, seed=9, show_progress=False).path
+    meta = {k.decode(): v.decode() for k, v in pq.read_schema(out).metadata.items()}
+    assert meta["recsys_ebm.model"] == type(model).__name__
+    assert (meta["recsys_ebm.k"], meta["recsys_ebm.temperature"], meta["recsys_ebm.seed"]) == ("4", "0.5", "9")
+    assert json.loads(meta["recsys_ebm.serving"])["path"] == "exact"
+    assert meta["recsys_ebm.created_at"].startswith("20") and "recsys_ebm.run_id" in meta

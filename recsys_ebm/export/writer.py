@@ -28,7 +28,9 @@ decided by :mod:`recsys_ebm.experiments.jobs`.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -185,7 +187,8 @@ def _export(job: _Job, output: Path, parts: Path, manifest: dict, resume: bool, 
                            | {"export.output": str(output), "export.n_users": job.n_users,
                               "export.n_items": job.n_items})
     started = time.perf_counter()
-    n_rows = _write_chunks(job, output, parts, done, show_progress, on_chunk)
+    metadata = _file_metadata(job, tracker)
+    n_rows = _write_chunks(job, output, parts, done, show_progress, on_chunk, metadata)
     shutil.rmtree(parts, ignore_errors=True)
     seconds = time.perf_counter() - started
     result = ExportResult(output, job.n_users, n_rows, seconds, len(done), job.n_chunks)
@@ -251,13 +254,24 @@ class _Job:
         return _chunk_table(self.raw_users[lo:hi], self.raw_items, ids, energy, prob)
 
 
+def _file_metadata(job: _Job, tracker: Any) -> dict[str, str]:
+    """Key-value metadata of a Parquet export: what made it, with which settings, when."""
+    cfg = job.config
+    return {"recsys_ebm.model": type(getattr(job.model, "model", job.model)).__name__,
+            "recsys_ebm.serving": json.dumps(job.model.serving(), sort_keys=True),
+            "recsys_ebm.run_id": str(getattr(tracker, "run_id", None) or ""),
+            "recsys_ebm.k": str(cfg.k), "recsys_ebm.temperature": repr(float(cfg.temperature)),
+            "recsys_ebm.seed": str(cfg.seed),
+            "recsys_ebm.created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
 def _write_chunks(job: _Job, output: Path, parts: Path, done: set[int], show_progress: bool,
-                  on_chunk: Callable[[int, int], None] | None) -> int:
+                  on_chunk: Callable[[int, int], None] | None, metadata: dict[str, str]) -> int:
     """Compute or reuse every chunk; chunk tables are written by a background thread (the part
     file for resuming, then appended to the temporary output) while the next chunk is
     computed, so at most two are in memory. Returns the number of rows written."""
     cfg = job.config
-    sink = _Sink(output, cfg.compression)
+    sink = _Sink(output, cfg.compression, metadata)
     in_flight: tuple[int, Future] | None = None
 
     def settle() -> None:
@@ -310,7 +324,8 @@ def _chunk_table(raw_users: np.ndarray, raw_items: np.ndarray, ids: np.ndarray, 
 class _Sink:
     """The output, written to a temporary sibling and renamed into place by :meth:`commit`."""
 
-    def __init__(self, output: Path, compression: str):
+    def __init__(self, output: Path, compression: str, metadata: dict[str, str] | None = None):
+        self.metadata = metadata or {}
         self.output = output
         self.compression = compression
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -334,7 +349,8 @@ class _Sink:
             else:
                 # dictionary-encode and keep statistics only where they pay: user_id and rank
                 # repeat; ids and floats barely compress and cost 4x the encoding time
-                self.writer = pq.ParquetWriter(str(self.tmp), table.schema, compression=self.compression,
+                schema = table.schema.with_metadata({**(table.schema.metadata or {}), **self.metadata})
+                self.writer = pq.ParquetWriter(str(self.tmp), schema, compression=self.compression,
                                                use_dictionary=["user_id", "rank"],
                                                write_statistics=["user_id", "rank"])
         self.writer.write_table(table)
