@@ -19,6 +19,8 @@ DATA_DIR ?=
 ARGS ?=
 
 DATA_FLAGS := --dataset $(DATASET) --variant $(VARIANT) $(if $(DATA_DIR),--data-dir $(DATA_DIR),)
+# one folder per data set, named as the reports name it (ml-100k, ml-latest-small, a file's stem)
+REPORT_DIR := reports/$(if $(filter movielens,$(DATASET)),ml-$(VARIANT),$(basename $(notdir $(DATASET))))
 # export: top-K per user; bench: extra flags for benchmarks/run_all.py (e.g. --quick)
 K ?= 100
 OUTPUT ?= outputs/exports/$(DATASET)-$(VARIANT)-$(MODEL)-top$(K).parquet
@@ -31,7 +33,7 @@ help:
 	@echo "make train-production  the same, then fitted on every interaction: the model to serve"
 	@echo "make evaluate [PROTOCOL=random|temporal|loo|strong|ratings MODELS=dpebm,ease ...]  -> reports/<dataset>/<protocol>.md"
 	@echo "              every model tuned on validation, refit, 3 seeds; + .json and PNG plots"
-	@echo "make evaluate-model [MODEL=dpebm PROTOCOL=random]  -> reports/<dataset>-<variant>/<model>-<protocol>.json"
+	@echo "make evaluate-model [MODEL=dpebm PROTOCOL=random]  -> reports/<dataset>/<model>-<protocol>.json"
 	@echo "make export   [K=100 OUTPUT=...parquet|.csv ARGS='--temperature 0.5 --seed 1' ...]"
 	@echo "make bench    [BENCH_ARGS=--quick]  -> benchmarks/results/*.json"
 	@echo "make test     run the test suite"
@@ -65,7 +67,7 @@ evaluate: $(BENCH_STAMP)
 # one model through the single-model path (train split -> validation -> refit -> test)
 evaluate-model: $(BENCH_STAMP)
 	$(BIN)/recsys-ebm evaluate $(DATA_FLAGS) --model $(MODEL) --protocol $(PROTOCOL) \
-		--json reports/$(DATASET)-$(VARIANT)/$(MODEL)-$(PROTOCOL).json $(ARGS)
+		--json $(REPORT_DIR)/$(MODEL)-$(PROTOCOL).json $(ARGS)
 
 export: $(STAMP)
 	$(BIN)/recsys-ebm export $(DATA_FLAGS) --model $(MODEL) --k $(K) --output $(OUTPUT) $(ARGS)
@@ -77,12 +79,12 @@ test: $(BENCH_STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
 
 # Shilling-attack detection grid: attack x size x filler x detector on $(DATASET)-$(VARIANT),
-# writes reports/<dataset>-<variant>/anomaly.md + anomaly.png and logs to MLflow. One torch thread:
+# writes reports/<dataset>/anomaly.md + anomaly.png and logs to MLflow. One torch thread:
 # the grid fits many small models, for which extra intra-op threads only add contention.
 .PHONY: anomaly
 anomaly: $(STAMP)
 	$(BIN)/recsys-ebm anomaly $(DATA_FLAGS) --grid --threads 1 --quiet \
-		--report-dir reports/$(DATASET)-$(VARIANT) $(ARGS)
+		--report-dir $(REPORT_DIR) $(ARGS)
 
 # ruff, and the import-linter contracts of pyproject.toml (layers point one way, no cycles)
 lint: $(STAMP)

@@ -92,7 +92,7 @@ def export_job(dataset: Any, output: str | Path, *, model_name: str = "dpebm",
     if tracker is not None:
         tracker.log_params({"model": model_name if model_path is None else type(model).__name__,
                             "model_source": source, "refit": refit, "index": index or "none",
-                            **({f"model.{k}": v for k, v in (options or {}).items()})})
+                            "config": options or {}})  # the names train logs them under
         tracker.log_dataset(dataset.name, dataset.checksum, source=dataset.source,
                             n_users=len(user_map), n_items=len(item_map))
     blocked = None if filter_items is None else raw_to_index(item_map, filter_items, "--filter-items")
