@@ -71,12 +71,9 @@ def test_killed_model_saves_leave_a_complete_model(tmp_path):
 
 _EXPORTER = """
 import sys
-import numpy as np, scipy.sparse as sp
-from recsys_ebm.models.dot_ebm import DotEBM
+from recsys_ebm.models import load_model
 from recsys_ebm.export.writer import export_recommendations
-rng = np.random.default_rng(0)
-train = sp.csr_matrix((rng.random((3000, 2000)) < 0.01).astype(np.float32))
-model = DotEBM(dim=16, epochs=1, lr=0.05, seed=0).fit(train, show_progress=False)
+model = load_model(sys.argv[3])
 resume = sys.argv[2] == "resume"
 export_recommendations(model, sys.argv[1], k=20, temperature=0.5, seed=3, chunk_size=150,
                        resume=resume, show_progress=False,
@@ -86,20 +83,24 @@ print("done", flush=True)
 
 
 def test_killed_exports_keep_the_previous_file_and_resume_to_the_same_rows(tmp_path):
+    rng = np.random.default_rng(0)
+    train = sp.csr_matrix((rng.random((3000, 2000)) < 0.01).astype(np.float32))
+    model_dir = tmp_path / "models" / "dpebm"
+    DotEBM(dim=16, epochs=1, lr=0.05, seed=0).fit(train, show_progress=False).save(model_dir)
     out = tmp_path / "top.parquet"
-    subprocess.run([sys.executable, "-c", _EXPORTER, str(out), "fresh"], check=True,
+    subprocess.run([sys.executable, "-c", _EXPORTER, str(out), "fresh", str(model_dir)], check=True,
                    stdout=subprocess.DEVNULL)
     reference = pd.read_parquet(out)
-    previous = out.read_bytes()
     for kill in range(KILLS):
-        _kill_after_lines([sys.executable, "-c", _EXPORTER, str(out), "resume"], 1 + kill % 5,
-                          0.005 * kill)
-        assert out.read_bytes() == previous  # the old complete file, until a run completes
-    done = subprocess.run([sys.executable, "-c", _EXPORTER, str(out), "resume"], check=True,
-                          capture_output=True, text=True)
+        _kill_after_lines([sys.executable, "-c", _EXPORTER, str(out), "resume", str(model_dir)],
+                          1 + kill % 5, 0.005 * kill)
+        # the old complete file until a run completes, then the new one: never a partial file
+        pd.testing.assert_frame_equal(pd.read_parquet(out), reference)
+    done = subprocess.run([sys.executable, "-c", _EXPORTER, str(out), "resume", str(model_dir)],
+                          check=True, capture_output=True, text=True)
     assert done.stdout.strip().endswith("done")
     pd.testing.assert_frame_equal(pd.read_parquet(out), reference)
-    assert _leftovers(tmp_path, {"top.parquet"}) == []
+    assert _leftovers(tmp_path, {"top.parquet", "models"}) == []
 
 
 class _SlowZip(http.server.BaseHTTPRequestHandler):

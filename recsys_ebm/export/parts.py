@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +76,24 @@ def part_is_valid(part: Path, chunk: int, chunk_users: np.ndarray) -> bool:
         _plain(users[-1].as_py()) == record["last_user"]
 
 
+def remove_parts(parts: Path) -> None:
+    """Delete a finished export's parts, the manifest last: a removal cut short leaves a folder
+    that still says what it is (and resumes), or an empty one."""
+    if not parts.is_dir():
+        return
+    for child in parts.iterdir():
+        if child.name != MANIFEST:
+            child.unlink(missing_ok=True)
+    (parts / MANIFEST).unlink(missing_ok=True)
+    parts.rmdir()
+
+
 def prepare_parts(parts: Path, manifest: dict, resume: bool) -> set[int]:
     """Make the parts directory; return the chunks whose recorded parts may be reused."""
     manifest_file = parts / MANIFEST
     clean_stale_files(parts)
+    if parts.is_dir() and not any(parts.iterdir()):
+        parts.rmdir()  # what a removal cut short at its very end leaves
     if parts.exists() and resume:
         if not manifest_file.is_file():
             raise ValueError(f"cannot resume: {parts} has no {MANIFEST}; delete it to start over")
@@ -100,7 +113,7 @@ def prepare_parts(parts: Path, manifest: dict, resume: bool) -> set[int]:
         if n_old:
             logger.warning("discarding %d finished chunks of an earlier export in %s "
                            "(pass resume to continue it instead)", n_old, parts)
-        shutil.rmtree(parts)
+        remove_parts(parts)
     elif resume:
         logger.info("nothing to resume at %s; starting a new export", parts)
     parts.mkdir(parents=True)

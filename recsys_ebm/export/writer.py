@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,7 +51,14 @@ from recsys_ebm.atomic import clean_stale_files, exclusive, temp_sibling
 from recsys_ebm.config import Config, check
 from recsys_ebm.data.sparse import canonical_csr
 from recsys_ebm.errors import DataError
-from recsys_ebm.export.parts import part_path, parts_dir, prepare_parts, verified_done, write_part
+from recsys_ebm.export.parts import (
+    part_path,
+    parts_dir,
+    prepare_parts,
+    remove_parts,
+    verified_done,
+    write_part,
+)
 from recsys_ebm.ranking.topk import item_mask
 from recsys_ebm.ranking.vectors import has_vectors
 
@@ -189,7 +195,7 @@ def _export(job: _Job, output: Path, parts: Path, manifest: dict, resume: bool, 
     started = time.perf_counter()
     metadata = _file_metadata(job, tracker)
     n_rows = _write_chunks(job, output, parts, done, show_progress, on_chunk, metadata)
-    shutil.rmtree(parts, ignore_errors=True)
+    remove_parts(parts)
     seconds = time.perf_counter() - started
     result = ExportResult(output, job.n_users, n_rows, seconds, len(done), job.n_chunks)
     logger.info("exported %d rows for %d users to %s in %.1f s (%.0f users/s, %d chunks resumed)",

@@ -187,3 +187,32 @@ def carve(level_csr: sp.csr_matrix, fraction: float, rng: np.random.Generator
         return out
 
     return part(~is_val), part(is_val)
+
+
+#: an inferred rating scale has at most this many levels, evenly spaced
+MAX_INFERRED_LEVELS = 20
+
+
+def inferred_levels(ratings: sp.csr_matrix) -> np.ndarray:
+    """The rating levels of the data: its distinct values, which must lie on a small evenly
+    spaced scale (1..5, 0.5..5 in halves: at most ``MAX_INFERRED_LEVELS`` steps from the
+    lowest to the highest); a value off it is named with its user row."""
+    levels = np.unique(ratings.data.astype(np.float64))
+    if not np.all(np.isfinite(levels)):
+        raise ValueError("the ratings hold NaN or inf")
+    if len(levels) < 2:
+        return levels
+    step = float(np.diff(levels).min())
+    positions = (levels - levels[0]) / step
+    off_grid = ~np.isclose(positions, np.round(positions), atol=1e-6)
+    too_far = positions > MAX_INFERRED_LEVELS - 1
+    bad = off_grid | too_far
+    if bad.any():
+        value = levels[np.flatnonzero(bad)[0]]
+        first = np.flatnonzero(ratings.data == np.float32(value))[:1]
+        row = int(np.searchsorted(ratings.indptr, first[0], side="right") - 1) if first.size else -1
+        raise ValueError(
+            f"the ratings are not a rating scale: {value:g} (user row {row}) is off the scale from "
+            f"{levels[0]:g} in steps of {step:g} (at most {MAX_INFERRED_LEVELS} levels); set "
+            "CRBMConfig.levels to the scale, or fix the value")
+    return levels
