@@ -26,7 +26,7 @@ K ?= 100
 OUTPUT ?= outputs/exports/$(DATASET)-$(VARIANT)-$(MODEL)-top$(K).parquet
 BENCH_ARGS ?=
 
-.PHONY: help setup train train-production evaluate evaluate-model test lint clean export bench
+.PHONY: help setup train train-production evaluate evaluate-model test lint clean export bench docs
 
 help:
 	@echo "make train    [DATASET=movielens VARIANT=100k MODEL=dpebm DATA_DIR=... ARGS=...]"
@@ -38,6 +38,7 @@ help:
 	@echo "make bench    [BENCH_ARGS=--quick]  -> benchmarks/results/*.json"
 	@echo "make test     run the test suite"
 	@echo "make lint     ruff + import-linter contracts"
+	@echo "make docs     API reference from the docstrings (pdoc) -> docs/api/index.html; warnings fail"
 
 setup: $(STAMP)
 
@@ -90,6 +91,11 @@ anomaly: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check recsys_ebm tests benchmarks
 	$(BIN)/lint-imports
+
+# the API reference, rendered by pdoc from the (numpy-style) docstrings; any pdoc warning fails
+docs: $(STAMP)
+	rm -rf docs/api
+	$(BIN)/python scripts/build_docs.py docs/api
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

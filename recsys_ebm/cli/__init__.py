@@ -33,6 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--quiet", action="store_true", help="no progress bars")
     parser = argparse.ArgumentParser(prog="recsys-ebm", description="Energy-based recommender models: "
                                      "train, evaluate, export and recommend.")
+    from importlib import metadata
+
+    try:
+        version = metadata.version("recsys-ebm")
+    except metadata.PackageNotFoundError:  # a source tree that is not installed: its pyproject.toml
+        from pathlib import Path
+
+        from recsys_ebm._compat import tomllib
+
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        version = (tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"]
+                   if pyproject.is_file() else "unknown (not installed)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version}")
     sub = parser.add_subparsers(dest="command", required=True)
     train.add_parsers(sub, common)
     anomaly.add_parser(sub, common)

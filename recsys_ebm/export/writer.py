@@ -157,16 +157,31 @@ def export_recommendations(
 
     Parameters
     ----------
-    model : a fitted ``Recommender`` (or a model served through an index).
-    output : ``.csv`` for CSV, anything else Parquet.
-    user_items : CSR (n_users, n_items) of items never to export; default: the model's seen set.
-    filter_items : item ids (or a bool mask) never to export for anyone: a block-list.
-    filter_seen : False exports the users' seen items too.
-    raw_user_ids, raw_item_ids : (n_users,), (n_items,) external ids; default internal ids.
-    config / options : :class:`ExportConfig` (``k``, ``temperature``, ``seed``, ``chunk_size``...).
-    resume : continue from the finished chunks of an interrupted export to the same path.
-    tracker : optional :class:`recsys_ebm.tracking.Tracker` (inside its run) to log to MLflow.
-    on_chunk : called as ``on_chunk(index, n_chunks)`` after each chunk is safely on disk.
+    model : Recommender
+        A fitted ``Recommender`` (or a model served through an index).
+    output : str or Path
+        ``.csv`` for CSV, anything else Parquet.
+    user_items : sp.csr_matrix, optional
+        CSR (n_users, n_items) of items never to export; default: the model's seen set.
+    raw_user_ids, raw_item_ids : array-like, optional
+        (n_users,), (n_items,) external ids; default internal ids.
+    config : ExportConfig, optional
+        ``k``, ``temperature``, ``seed``, ``chunk_size``...; or pass them as keyword
+        ``options``, not both.
+    resume : bool
+        Continue from the finished chunks of an interrupted export to the same path.
+    show_progress : bool
+        A progress bar over the users.
+    tracker : recsys_ebm.tracking.Tracker, optional
+        Inside its run, to log the export to MLflow.
+    on_chunk : callable, optional
+        Called as ``on_chunk(index, n_chunks)`` after each chunk is safely on disk.
+    filter_items : array-like, optional
+        Item ids (or a bool mask) never to export for anyone: a block-list.
+    filter_seen : bool
+        False exports the users' seen items too.
+    **options
+        The fields of :class:`ExportConfig`, instead of ``config``.
     """
     if config is not None and options:
         raise ValueError("pass either a config or keyword options, not both")

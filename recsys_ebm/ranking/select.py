@@ -21,16 +21,30 @@ def select(scores: np.ndarray, k: int, temperature: float, seed: int, keys: np.n
 
     Parameters
     ----------
-    scores : float32 (n, n_items), -inf where an item may not be returned; used as scratch.
-    keys : int64 (n,), the users' sampling keys (see :func:`recsys_ebm.ranking.sampling.sample_top_k`).
-    with_log_p : also return log p(i | u, T) of the selected items under the Gibbs distribution
-        over the eligible items (at T = 1 for the ranking); see :func:`log_probabilities`.
-    work : optional float32 scratch for the log-partition (see :func:`logsumexp_rows`).
+    scores : np.ndarray
+        float32 (n, n_items), -inf where an item may not be returned; used as scratch.
+    k : int
+        How many items per row.
+    temperature : float
+        0 for the exact top-k, > 0 to sample from softmax(scores / T).
+    seed : int
+        Seed of the sampler (unused at T = 0).
+    keys : np.ndarray
+        int64 (n,), the users' sampling keys (see :func:`recsys_ebm.ranking.sampling.sample_top_k`).
+    with_log_p : bool
+        Also return log p(i | u, T) of the selected items under the Gibbs distribution over the
+        eligible items (at T = 1 for the ranking); see :func:`log_probabilities`.
+    work : np.ndarray, optional
+        float32 scratch for the log-partition (see :func:`logsumexp_rows`).
 
     Returns
     -------
-    ids int64 (n, k), scores float32 (n, k) best first / in draw order, padded with -1 / -inf;
-    log_p float64 (n, k) (-inf for padding) or None.
+    ids : np.ndarray
+        int64 (n, k), best first / in draw order, padded with -1.
+    scores : np.ndarray
+        float32 (n, k), the selected scores, padded with -inf.
+    log_p : np.ndarray or None
+        float64 (n, k) (-inf for padding), or None without ``with_log_p``.
     """
     k = check_k(k)
     temperature = check_temperature(temperature)
