@@ -219,3 +219,47 @@ def test_format_table():
     assert "min(k, R)" in METRIC_LEGEND and "recall_allrel, map_allrel: / R " in METRIC_LEGEND
     no_recall = format_table({"ndcg@10": 0.3, "mrr": 0.25})
     assert METRIC_LEGEND not in no_recall
+
+
+
+def test_report_pages_state_the_recall_and_map_definitions():
+    """Rendered from a committed report: every table with Recall/MAP says which definition it
+    uses, and ``_allrel`` columns join the headline table once the document has them."""
+    import copy
+    import json
+    from pathlib import Path
+
+    from recsys_ebm.experiments.render import render_markdown
+
+    path = Path(__file__).resolve().parents[1] / "reports" / "ml-100k" / "random.json"
+    document = json.loads(path.read_text())
+    plots = {"metrics_vs_k": "m.png", "temperature": "t.png", "energies": "e.png"}
+    old = render_markdown(document, plots).splitlines()
+
+    def sentence_after(lines, header_start):
+        start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+        end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+        return lines[end + 1]
+
+    truncated = "Recall and MAP without a suffix divide by min(k, R)"
+    assert sentence_after(old, "| model | NDCG@10 |").startswith(truncated)
+    assert "_allrel" not in sentence_after(old, "| model | NDCG@10 |")
+    assert sentence_after(old, "| model | metric |").startswith(truncated)
+    assert sentence_after(old, "| model | grid points |").startswith(
+        "Validation Recall@20 divides by min(20, R)")
+    assert sentence_after(old, "| T | NDCG@10 |").startswith("Recall@10 divides by min(10, R)")
+    assert "Recall_allrel@20" not in "\n".join(old)  # absent from this document: no empty column
+
+    new = copy.deepcopy(document)
+    for section in new["models"].values():
+        for stat in ("mean", "std"):
+            section[stat]["recall_allrel@20"] = 0.125
+            section[stat]["map_allrel@10"] = 0.0625
+    lines = render_markdown(new, plots).splitlines()
+    header = next(line for line in lines if line.startswith("| model | NDCG@10 |"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells[1:7] == ["NDCG@10", "Recall@20", "Recall_allrel@20", "Precision@10", "MAP@10",
+                          "MAP_allrel@10"]
+    assert "the `_allrel` ones divide by R" in sentence_after(lines, "| model | NDCG@10 |")
+    ease = next(line for line in lines if line.startswith("| `ease` | 0."))
+    assert "0.1250 ± 0.1250" in ease and "0.0625 ± 0.0625" in ease
