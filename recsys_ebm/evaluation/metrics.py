@@ -8,7 +8,7 @@ Per-user functions return float64 (n_users,); average them over users yourself.
 Recall and MAP come in two definitions. ``recall_at_k`` / ``map_at_k`` divide by
 min(k, n_relevant) (Liang et al. 2018), so a perfect top-k list scores 1 even when the user has
 more than k test items; ``recall_allrel_at_k`` / ``map_allrel_at_k`` divide by n_relevant, all
-of the user's test items (the standard definitions, as in ranx and trec_eval).
+of the user's test items (the standard definitions, as in ranx).
 """
 
 from __future__ import annotations

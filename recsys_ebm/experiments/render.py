@@ -93,7 +93,7 @@ PER_K = [*RANKING_METRICS, "coverage", "gini", "novelty", "diversity", "personal
 TRUNCATED_DEFINITION = ("Recall and MAP without a suffix divide by min(k, R), R = the user's test items "
                         "(Liang et al. 2018's normalisation: a perfect top-k list scores 1 even when "
                         "R > k)")
-STANDARD_DEFINITION = "the `_allrel` ones divide by R (the standard definitions, as in ranx and trec_eval)"
+STANDARD_DEFINITION = "the `_allrel` ones divide by R (the standard definitions, as in ranx)"
 
 
 def _definitions(standard: bool = False) -> str:
