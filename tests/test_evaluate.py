@@ -10,6 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from recsys_ebm.evaluation import evaluate_ranking, evaluate_ratings, format_table
+from recsys_ebm.evaluation.evaluate import METRIC_LEGEND
 from recsys_ebm.models.base import Recommender
 
 L2_3 = math.log2(3)
@@ -60,10 +61,15 @@ EXPECTED = {
     "precision@3": (1 / 3 + 1 / 3 + 1 / 3) / 3,
     "recall@1": (1 / 1 + 1 / 1 + 0) / 3,
     "recall@3": (1 / 2 + 1 / 1 + 1 / 1) / 3,
+    # the standard recall divides by all 2 of user 0's test items even at k = 1
+    "recall_allrel@1": (1 / 2 + 1 / 1 + 0) / 3,
+    "recall_allrel@3": (1 / 2 + 1 / 1 + 1 / 1) / 3,
     "ndcg@1": (1 + 1 + 0) / 3,
     "ndcg@3": (1 / (1 + 1 / L2_3) + 1 + (1 / 2) / 1) / 3,
     "map@1": (1 + 1 + 0) / 3,
     "map@3": ((1 / 1) / 2 + 1 + (1 / 3) / 1) / 3,
+    "map_allrel@1": ((1 / 1) / 2 + 1 + 0) / 3,
+    "map_allrel@3": ((1 / 1) / 2 + 1 + (1 / 3) / 1) / 3,
     "hitrate@1": 2 / 3,
     "hitrate@3": 3 / 3,
     "mrr": (1 + 1 + 1 / 3) / 3,
@@ -76,7 +82,9 @@ EXPECTED = {
 def test_hand_computed_metrics_any_batch_size(batch_size):
     result = evaluate_ranking(FixedScores(SCORES), TRAIN, TEST, ks=(3, 1), batch_size=batch_size)
     expected_keys = [
-        f"{m}@{k}" for m in ("precision", "recall", "ndcg", "map", "hitrate") for k in (1, 3)
+        f"{m}@{k}"
+        for m in ("precision", "recall", "recall_allrel", "ndcg", "map", "map_allrel", "hitrate")
+        for k in (1, 3)
     ]
     expected_keys += ["mrr", "coverage@1", "coverage@3", "n_users"]
     assert list(result.summary) == expected_keys
@@ -91,6 +99,9 @@ def test_hand_computed_metrics_any_batch_size(batch_size):
     assert per_user["ndcg@3"].to_numpy() == pytest.approx([1 / (1 + 1 / L2_3), 1.0, 1 / 2])
     assert per_user["mrr"].to_numpy() == pytest.approx([1.0, 1.0, 1 / 3])
     assert per_user["map@3"].to_numpy() == pytest.approx([1 / 2, 1.0, 1 / 3])
+    assert per_user["recall@1"].to_numpy() == pytest.approx([1.0, 1.0, 0.0])
+    assert per_user["recall_allrel@1"].to_numpy() == pytest.approx([1 / 2, 1.0, 0.0])
+    assert per_user["map_allrel@1"].to_numpy() == pytest.approx([1 / 2, 1.0, 0.0])
 
 
 def test_k_beyond_eligible_items_is_padded():
@@ -194,7 +205,61 @@ def test_format_table():
     assert lines[3].split() == ["ndcg", "-", "0.3000"]
     assert lines[4].split() == ["coverage", "0.0500", "0.0800"]
     assert lines[5] == "mrr 0.2500  n_users 943"
+    assert lines[6] == METRIC_LEGEND  # which recall definition the recall row uses
     assert len({len(line) for line in lines[:5]}) == 1  # aligned columns
     assert format_table(summary, ks=(10,)).splitlines()[1].split() == ["precision", "0.1000"]
     end_to_end = format_table(evaluate_ranking(FixedScores(SCORES), TRAIN, TEST, ks=(1, 3)).summary)
-    assert end_to_end.splitlines()[1].split() == ["precision", f"{2 / 3:.4f}", f"{1 / 3:.4f}"]
+    end_lines = end_to_end.splitlines()
+    assert end_lines[1].split() == ["precision", f"{2 / 3:.4f}", f"{1 / 3:.4f}"]
+    rows = [line.split()[0] for line in end_lines[1:-2]]
+    assert rows == ["precision", "recall", "recall_allrel", "ndcg", "map", "map_allrel",
+                    "hitrate", "coverage"]
+    assert end_lines[3].split() == ["recall_allrel", f"{0.5:.4f}", f"{2.5 / 3:.4f}"]
+    assert end_lines[-1] == METRIC_LEGEND
+    assert "min(k, R)" in METRIC_LEGEND and "recall_allrel, map_allrel: / R " in METRIC_LEGEND
+    no_recall = format_table({"ndcg@10": 0.3, "mrr": 0.25})
+    assert METRIC_LEGEND not in no_recall
+
+
+
+def test_report_pages_state_the_recall_and_map_definitions():
+    """Rendered from a committed report: every table with Recall/MAP says which definition it
+    uses, and ``_allrel`` columns join the headline table once the document has them."""
+    import copy
+    import json
+    from pathlib import Path
+
+    from recsys_ebm.experiments.render import render_markdown
+
+    path = Path(__file__).resolve().parents[1] / "reports" / "ml-100k" / "random.json"
+    document = json.loads(path.read_text())
+    plots = {"metrics_vs_k": "m.png", "temperature": "t.png", "energies": "e.png"}
+    old = render_markdown(document, plots).splitlines()
+
+    def sentence_after(lines, header_start):
+        start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+        end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+        return lines[end + 1]
+
+    truncated = "Recall and MAP without a suffix divide by min(k, R)"
+    assert sentence_after(old, "| model | NDCG@10 |").startswith(truncated)
+    assert "_allrel" not in sentence_after(old, "| model | NDCG@10 |")
+    assert sentence_after(old, "| model | metric |").startswith(truncated)
+    assert sentence_after(old, "| model | grid points |").startswith(
+        "Validation Recall@20 divides by min(20, R)")
+    assert sentence_after(old, "| T | NDCG@10 |").startswith("Recall@10 divides by min(10, R)")
+    assert "Recall_allrel@20" not in "\n".join(old)  # absent from this document: no empty column
+
+    new = copy.deepcopy(document)
+    for section in new["models"].values():
+        for stat in ("mean", "std"):
+            section[stat]["recall_allrel@20"] = 0.125
+            section[stat]["map_allrel@10"] = 0.0625
+    lines = render_markdown(new, plots).splitlines()
+    header = next(line for line in lines if line.startswith("| model | NDCG@10 |"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells[1:7] == ["NDCG@10", "Recall@20", "Recall_allrel@20", "Precision@10", "MAP@10",
+                          "MAP_allrel@10"]
+    assert "the `_allrel` ones divide by R" in sentence_after(lines, "| model | NDCG@10 |")
+    ease = next(line for line in lines if line.startswith("| `ease` | 0."))
+    assert "0.1250 ± 0.1250" in ease and "0.0625 ± 0.0625" in ease

@@ -16,10 +16,12 @@ from recsys_ebm.evaluation.metrics import (
     hit_matrix,
     hit_rate_at_k,
     mae,
+    map_allrel_at_k,
     map_at_k,
     mrr,
     ndcg_at_k,
     precision_at_k,
+    recall_allrel_at_k,
     recall_at_k,
     rmse,
 )
@@ -58,6 +60,23 @@ def test_two_hits_with_more_relevant_than_k():
     assert recall_at_k(hits, n_rel, 5) == pytest.approx([2 / 5])  # min(5, 7) = 5
     assert ndcg_at_k(hits, n_rel, 5) == pytest.approx([(1 + 1 / 2) / ideal5])
     assert map_at_k(hits, n_rel, 5) == pytest.approx([(1 + 2 / 3) / 5])
+    # the standard definitions divide by all 7 relevant items
+    assert recall_allrel_at_k(hits, n_rel, 5) == pytest.approx([2 / 7])
+    assert map_allrel_at_k(hits, n_rel, 5) == pytest.approx([(1 + 2 / 3) / 7])
+    assert recall_allrel_at_k(hits, n_rel, 1) == pytest.approx([1 / 7])
+    assert map_allrel_at_k(hits, n_rel, 1) == pytest.approx([1 / 7])
+
+
+def test_allrel_equals_truncated_when_relevant_fit_in_k():
+    hits, n_rel = _h([0, 1, 0]), np.array([2])
+    assert recall_allrel_at_k(hits, n_rel, 3) == pytest.approx([1 / 2])
+    assert map_allrel_at_k(hits, n_rel, 3) == pytest.approx([(1 / 2) / 2])
+    # with k = 1 < R = 2 they part: truncated / 1, standard / 2
+    hits = _h([1, 0, 0])
+    assert recall_at_k(hits, n_rel, 1) == pytest.approx([1.0])
+    assert recall_allrel_at_k(hits, n_rel, 1) == pytest.approx([1 / 2])
+    assert map_at_k(hits, n_rel, 1) == pytest.approx([1.0])
+    assert map_allrel_at_k(hits, n_rel, 1) == pytest.approx([1 / 2])
     assert mrr(hits) == pytest.approx([1.0])
     # k = 2: one hit, min(2, 7) = 2
     assert precision_at_k(hits, 2) == pytest.approx([1 / 2])
@@ -139,6 +158,8 @@ def _naive(hits_row: list[bool], n_rel: int, k: int) -> dict[str, float]:
         "recall": n_hit / norm if norm else 0.0,
         "ndcg": dcg / idcg if idcg else 0.0,
         "map": ap / norm if norm else 0.0,
+        "recall_allrel": n_hit / n_rel if n_rel else 0.0,
+        "map_allrel": ap / n_rel if n_rel else 0.0,
         "mrr": 1 / (first + 1) if first is not None else 0.0,
         "hitrate": 1.0 if n_hit else 0.0,
     }
@@ -163,6 +184,8 @@ def test_metrics_match_naive_reference_and_lie_in_unit_interval(case):
             "recall": recall_at_k(hits, n_rel, k),
             "ndcg": ndcg_at_k(hits, n_rel, k),
             "map": map_at_k(hits, n_rel, k),
+            "recall_allrel": recall_allrel_at_k(hits, n_rel, k),
+            "map_allrel": map_allrel_at_k(hits, n_rel, k),
             "mrr": mrr(hits, k),
             "hitrate": hit_rate_at_k(hits, k),
         }
@@ -172,11 +195,16 @@ def test_metrics_match_naive_reference_and_lie_in_unit_interval(case):
             assert np.all((values >= 0) & (values <= 1 + 1e-12)), name
             expected = [_naive(list(h), int(r), k)[name] for h, r in zip(hits, n_rel, strict=True)]
             np.testing.assert_allclose(values, expected, rtol=1e-12, atol=1e-12, err_msg=name)
+        # standard <= truncated, equal where every relevant item fits in the top k
+        fits = n_rel <= k
+        for std, trunc in (("recall_allrel", "recall"), ("map_allrel", "map")):
+            assert np.all(got[std] <= got[trunc] + 1e-12), std
+            np.testing.assert_array_equal(got[std][fits], got[trunc][fits], err_msg=std)
     # all relevant items retrieved in order -> every metric is 1
     perfect = np.ones_like(hits)
     width = hits.shape[1]
     full = np.full(hits.shape[0], width)
-    for f in (recall_at_k, ndcg_at_k, map_at_k):
+    for f in (recall_at_k, ndcg_at_k, map_at_k, recall_allrel_at_k, map_allrel_at_k):
         np.testing.assert_allclose(f(perfect, full, width), 1.0)
 
 
@@ -244,6 +272,10 @@ def test_rmse_mae_match_naive_loop(truth, seed):
         lambda: ndcg_at_k(np.zeros((2, 3), dtype=bool), np.array([1.5, 1.0]), 2),
         lambda: map_at_k(np.ones((1, 3), dtype=bool), np.array([2]), 3),  # 3 hits > 2 relevant
         lambda: recall_at_k(np.zeros((1, 3), dtype=bool), np.array([-1]), 3),
+        lambda: recall_allrel_at_k(np.ones((1, 3), dtype=bool), np.array([2]), 3),
+        lambda: recall_allrel_at_k(np.zeros((2, 3), dtype=bool), np.array([1, 1]), 4),
+        lambda: map_allrel_at_k(np.zeros((1, 3), dtype=bool), np.array([-1]), 3),
+        lambda: map_allrel_at_k(np.zeros((2, 3), dtype=bool), np.array([1.0, 1.0]), 2),
         lambda: mrr(np.zeros((2, 2), dtype=bool), 3),
         lambda: coverage_at_k(np.array([[0, 5]]), 5),  # id outside catalog
         lambda: coverage_at_k(np.array([[0, -2]]), 5),  # bad padding

@@ -20,10 +20,12 @@ from recsys_ebm.evaluation.metrics import (
     hit_matrix,
     hit_rate_at_k,
     mae,
+    map_allrel_at_k,
     map_at_k,
     mrr,
     ndcg_at_k,
     precision_at_k,
+    recall_allrel_at_k,
     recall_at_k,
     rmse,
 )
@@ -36,10 +38,17 @@ __all__ = [
     "evaluate_ratings",
     "format_table",
     "RANKING_METRICS",
+    "METRIC_LEGEND",
 ]
 
-# the per-k metrics, in report order; "mrr" (over the max-k list) and "coverage@k" come after
-RANKING_METRICS: tuple[str, ...] = ("precision", "recall", "ndcg", "map", "hitrate")
+# the per-k metrics, in report order; "mrr" (over the max-k list) and "coverage@k" come after.
+# "recall"/"map" divide by min(k, R), "recall_allrel"/"map_allrel" by R (R = the user's test items)
+RANKING_METRICS: tuple[str, ...] = (
+    "precision", "recall", "recall_allrel", "ndcg", "map", "map_allrel", "hitrate"
+)
+# printed under format_table's rows when recall or MAP rows are shown
+METRIC_LEGEND = ("recall, map: / min(k, R); recall_allrel, map_allrel: / R "
+                 "(R = the user's test items)")
 _TABLE_ROWS: tuple[str, ...] = (*RANKING_METRICS, "coverage")
 
 
@@ -64,8 +73,11 @@ class RankingResult:
     Attributes
     ----------
     summary : dict
-        ``"precision@k"``, ``"recall@k"``, ``"ndcg@k"``, ``"map@k"``, ``"hitrate@k"``,
-        ``"coverage@k"`` for every k, ``"mrr"`` and ``"n_users"``; means over evaluated users.
+        ``"precision@k"``, ``"recall@k"``, ``"recall_allrel@k"``, ``"ndcg@k"``, ``"map@k"``,
+        ``"map_allrel@k"``, ``"hitrate@k"``, ``"coverage@k"`` for every k, ``"mrr"`` and
+        ``"n_users"``; means over evaluated users. ``recall@k`` and ``map@k`` divide by
+        min(k, R), ``recall_allrel@k`` and ``map_allrel@k`` by R, the user's number of test
+        items (docs/protocols.md).
     per_user : DataFrame (n_eval_users, ...)
         Indexed by ``user_id`` (row of the input matrices); columns ``n_test`` and every
         per-user metric.
@@ -192,8 +204,10 @@ def _per_user_metrics(recs: np.ndarray, test_rows: sp.csr_matrix, n_test: np.nda
     for k in ks:
         columns[f"precision@{k}"] = precision_at_k(hits, k)
         columns[f"recall@{k}"] = recall_at_k(hits, n_test, k)
+        columns[f"recall_allrel@{k}"] = recall_allrel_at_k(hits, n_test, k)
         columns[f"ndcg@{k}"] = ndcg_at_k(hits, n_test, k)
         columns[f"map@{k}"] = map_at_k(hits, n_test, k)
+        columns[f"map_allrel@{k}"] = map_allrel_at_k(hits, n_test, k)
         columns[f"hitrate@{k}"] = hit_rate_at_k(hits, k)
     columns["mrr"] = mrr(hits)
     return pd.DataFrame(columns, index=pd.Index(user_ids, name="user_id"))
@@ -230,8 +244,9 @@ def format_table(
 ) -> str:
     """An aligned text table of a ranking summary: rows = metric, columns = k.
 
-    ``mrr`` and ``n_users`` (when present) go on a last line. ``ks`` defaults to every k
-    found in the keys; missing entries print as ``-``.
+    ``mrr`` and ``n_users`` (when present) go on the line after the rows, then, when a
+    recall or MAP row is shown, :data:`METRIC_LEGEND` (which definition each row uses).
+    ``ks`` defaults to every k found in the keys; missing entries print as ``-``.
     """
     found = [(m.group(1), int(m.group(2))) for key in summary if (m := _KEY.match(key))]
     ks = _check_ks(ks) if ks is not None else tuple(sorted({k for _, k in found}))
@@ -263,4 +278,6 @@ def format_table(
         tail.append(f"n_users {int(summary['n_users'])}")
     if tail:
         lines.append("  ".join(tail))
+    if {"recall", "recall_allrel", "map", "map_allrel"} & set(names):
+        lines.append(METRIC_LEGEND)
     return "\n".join(lines)

@@ -4,6 +4,11 @@ Ranking metrics work on a hit matrix ``hits`` bool (n_users, k_max): row ``u`` i
 recommendation list, best first, True where the item is one of the user's test items. Each
 metric takes ``k <= k_max`` so one hit matrix built at the largest cut-off serves every k.
 Per-user functions return float64 (n_users,); average them over users yourself.
+
+Recall and MAP come in two definitions. ``recall_at_k`` / ``map_at_k`` divide by
+min(k, n_relevant) (Liang et al. 2018), so a perfect top-k list scores 1 even when the user has
+more than k test items; ``recall_allrel_at_k`` / ``map_allrel_at_k`` divide by n_relevant, all
+of the user's test items (the standard definitions, as in ranx).
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ __all__ = [
     "hit_matrix",
     "precision_at_k",
     "recall_at_k",
+    "recall_allrel_at_k",
     "ndcg_at_k",
     "map_at_k",
+    "map_allrel_at_k",
     "mrr",
     "hit_rate_at_k",
     "coverage_at_k",
@@ -114,6 +121,26 @@ def recall_at_k(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
     return _safe_divide(top.sum(axis=1).astype(np.float64), _norm(n_relevant, k))
 
 
+def recall_allrel_at_k(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
+    """Hits in the top k / n_relevant (standard recall, as in ranx); 0 for n_relevant == 0.
+
+    Never above :func:`recall_at_k`; equal to it where n_relevant <= k.
+
+    Parameters
+    ----------
+    hits : bool (n, k_max)
+    n_relevant : int (n,), number of test items per user
+    k : int, 1 <= k <= k_max
+
+    Returns
+    -------
+    float64 (n,)
+    """
+    top, _ = _check_hits(hits, k)
+    n_relevant = _check_relevant(n_relevant, top)
+    return _safe_divide(top.sum(axis=1).astype(np.float64), n_relevant.astype(np.float64))
+
+
 def _discounts(k: int) -> np.ndarray:
     """1 / log2(r + 1) for ranks r = 1..k, float64 (k,)."""
     return 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
@@ -156,8 +183,33 @@ def map_at_k(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
     """
     top, k = _check_hits(hits, k)
     n_relevant = _check_relevant(n_relevant, top)
-    prec_at_r = np.cumsum(top, axis=1) / np.arange(1, k + 1, dtype=np.float64)
-    return _safe_divide((prec_at_r * top).sum(axis=1), _norm(n_relevant, k))
+    return _safe_divide(_precision_sum(top), _norm(n_relevant, k))
+
+
+def map_allrel_at_k(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
+    """Average precision at k: Σ_r precision@r · rel_r / n_relevant (standard, as in ranx).
+
+    Never above :func:`map_at_k`; equal to it where n_relevant <= k.
+
+    Parameters
+    ----------
+    hits : bool (n, k_max)
+    n_relevant : int (n,)
+    k : int, 1 <= k <= k_max
+
+    Returns
+    -------
+    float64 (n,), 0 where n_relevant == 0
+    """
+    top, _ = _check_hits(hits, k)
+    n_relevant = _check_relevant(n_relevant, top)
+    return _safe_divide(_precision_sum(top), n_relevant.astype(np.float64))
+
+
+def _precision_sum(top: np.ndarray) -> np.ndarray:
+    """Σ_r precision@r · rel_r over the columns of ``top`` bool (n, k): float64 (n,)."""
+    prec_at_r = np.cumsum(top, axis=1) / np.arange(1, top.shape[1] + 1, dtype=np.float64)
+    return (prec_at_r * top).sum(axis=1)
 
 
 def mrr(hits: np.ndarray, k: int | None = None) -> np.ndarray:

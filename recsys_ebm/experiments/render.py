@@ -83,11 +83,28 @@ def _pm(section: dict, key: str, digits: int = 4) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
 
 
-HEADLINE = [("NDCG@10", "ndcg@10"), ("Recall@20", "recall@20"), ("Precision@10", "precision@10"),
-            ("MAP@10", "map@10"), ("HitRate@10", "hitrate@10"), ("MRR", "mrr"),
+HEADLINE = [("NDCG@10", "ndcg@10"), ("Recall@20", "recall@20"), ("Recall_allrel@20", "recall_allrel@20"),
+            ("Precision@10", "precision@10"), ("MAP@10", "map@10"), ("MAP_allrel@10", "map_allrel@10"),
+            ("HitRate@10", "hitrate@10"), ("MRR", "mrr"),
             ("Coverage@10", "coverage@10"), ("Gini@10", "gini@10"), ("Novelty@10", "novelty@10"),
             ("Diversity@10", "diversity@10"), ("Personalization@10", "personalization@10")]
 PER_K = [*RANKING_METRICS, "coverage", "gini", "novelty", "diversity", "personalization"]
+#: which Recall/MAP definition a column uses (R = the user's number of test items)
+TRUNCATED_DEFINITION = ("Recall and MAP without a suffix divide by min(k, R), R = the user's test items "
+                        "(Liang et al. 2018's normalisation: a perfect top-k list scores 1 even when "
+                        "R > k)")
+STANDARD_DEFINITION = "the `_allrel` ones divide by R (the standard definitions, as in ranx)"
+
+
+def _definitions(standard: bool = False) -> str:
+    """The sentence under a table with Recall/MAP columns; ``standard``: it has ``_allrel`` ones."""
+    return f"{TRUNCATED_DEFINITION}; {STANDARD_DEFINITION}." if standard else f"{TRUNCATED_DEFINITION}."
+
+
+def _headline(document: dict) -> list[tuple[str, str]]:
+    """The HEADLINE columns the document has (reports written before a metric existed lack it)."""
+    return [(label, key) for label, key in HEADLINE
+            if any(key in section["mean"] for section in document["models"].values())]
 
 
 def _verdict(document: dict) -> list[str]:
@@ -130,7 +147,8 @@ def render_markdown(document: dict, plots: dict[str, str]) -> str:
     out += ["## Protocol", "", *_protocol(document), ""]
     described = " (the dot-product EBM)" if document["reference"] == "dpebm" else ""
     out += ["## Verdict", "", f"Reference: `{document['reference']}`{described} against every "
-            "other model on NDCG@10 and Recall@20 (means over seeds).", "", *_verdict(document), ""]
+            "other model on NDCG@10 and Recall@20 (hits in the top 20 / min(20, R), R = the user's test "
+            "items; means over seeds).", "", *_verdict(document), ""]
     out += _results(document, plots)
     out += _tuning(document)
     if any(s.get("temperature") for s in document["models"].values()):
@@ -182,11 +200,13 @@ def _results(document: dict, plots: dict[str, str]) -> list[str]:
     models, ks = document["models"], document["config"]["ks"]
     out = ["## Results", "", "Test metrics, mean ± std over seeds; beyond-accuracy columns on the top-10 lists "
            "(novelty in bits; diversity = mean pairwise cosine distance of genre vectors).", ""]
-    out.append("| model | " + " | ".join(label for label, _ in HEADLINE) + " |")
-    out.append("|---|" + "---|" * len(HEADLINE))
+    headline = _headline(document)
+    out.append("| model | " + " | ".join(label for label, _ in headline) + " |")
+    out.append("|---|" + "---|" * len(headline))
     for name, section in models.items():
-        out.append(f"| `{name}` | " + " | ".join(_pm(section, key) for _, key in HEADLINE) + " |")
-    out += ["", f"![metrics vs k]({plots['metrics_vs_k']})", "",
+        out.append(f"| `{name}` | " + " | ".join(_pm(section, key) for _, key in headline) + " |")
+    standard = any(key.startswith(("recall_allrel", "map_allrel")) for _, key in headline)
+    out += ["", _definitions(standard), "", f"![metrics vs k]({plots['metrics_vs_k']})", "",
             "<details><summary>Every metric at every cut-off</summary>", ""]
     out.append("| model | metric | " + " | ".join(f"@{k}" for k in ks) + " |")
     out.append("|---|---|" + "---|" * len(ks))
@@ -195,7 +215,7 @@ def _results(document: dict, plots: dict[str, str]) -> list[str]:
             if f"{metric}@{ks[0]}" in section["mean"]:
                 out.append(f"| `{name}` | {metric} | "
                            + " | ".join(_pm(section, f"{metric}@{k}") for k in ks) + " |")
-    return [*out, "", "</details>", ""]
+    return [*out, "", _definitions(standard), "", "</details>", ""]
 
 
 def _tuning(document: dict) -> list[str]:
@@ -207,6 +227,7 @@ def _tuning(document: dict) -> list[str]:
         options = ", ".join(f"{k}={v}" for k, v in section["chosen"].items() if k != "seed") or "–"
         out.append(f"| `{name}` | {len(section['grid'])} | {options} | {best['val_ndcg@10']:.4f} | "
                    f"{best['val_recall@20']:.4f} | {section['refit_epochs'] or '–'} |")
+    out += ["", "Validation Recall@20 divides by min(20, R), R = the user's validation items."]
     undeclared = [f"`{m}`" for m, s in models.items() if not s.get("grid_declared")]
     if undeclared and cfg.get("use_grids"):
         out += ["", f"No grid is declared for {', '.join(undeclared)}: they run with their tuned defaults "
@@ -228,7 +249,7 @@ def _temperature(document: dict, plots: dict[str, str]) -> list[str]:
             out.append(f"| {row['temperature']:g} | " + " | ".join(
                 _fmt(row.get(f"{m}@{TRADEOFF_K}")) for m in
                 ("ndcg", "recall", "coverage", "novelty", "diversity", "personalization", "gini")) + " |")
-        out.append("")
+        out += ["", f"Recall@{TRADEOFF_K} divides by min({TRADEOFF_K}, R), R = the user's test items.", ""]
     return [*out, f"![temperature trade-off]({plots['temperature']})", ""]
 
 
@@ -401,7 +422,7 @@ def summary_frame(document: dict) -> pd.DataFrame:
     rows = {}
     for name, section in document["models"].items():
         row = {}
-        for _, key in HEADLINE:
+        for _, key in _headline(document):
             row[key] = section["mean"].get(key)
             row[f"{key}_std"] = section["std"].get(key)
         rows[name] = row
