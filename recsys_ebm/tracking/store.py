@@ -1,4 +1,4 @@
-"""MLflow experiment tracking; the only module in recsys_ebm that imports mlflow.
+"""MLflow runs: open a tracking store quickly and log params, metrics and artifacts to one run.
 
 Where runs are stored, first match wins:
 
