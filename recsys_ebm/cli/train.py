@@ -106,6 +106,8 @@ def _train_and_evaluate(args, tracker) -> tuple[runner.Dataset, runner.PreparedD
 def cmd_train(args) -> int:
     output = Path(args.output_dir or Path("outputs") / args.dataset.replace("/", "_") / args.model)
     check_replaceable(output.absolute(), is_model_dir)  # before any training, not after it
+    if args.register and args.no_mlflow:
+        raise ValueError("--register NAME registers the run's MLflow model; drop --no-mlflow")
     with tracker_from_args(args, f"train-{args.model}") as tracker:
         dataset, data, model, result = _train_and_evaluate(args, tracker)
         # the model files hold its seen set (the interactions it was fitted on) and the id maps
