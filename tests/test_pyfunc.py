@@ -74,8 +74,8 @@ def _pyfunc(run: dict):
             mlflow.set_tracking_uri(None)
 
 
-def _expected(run: dict, request: int, *, user=None, history=None, k=10, temperature=0.0,
-              seed=0) -> pd.DataFrame:
+def _expected(run: dict, request: int, *, user=None, history=None, ratings=None, k=10,
+              temperature=0.0, seed=0) -> pd.DataFrame:
     """What Python `model.recommend` answers for one request, in the pyfunc's output form."""
     model = load_model(run["out"])
     user_map, item_map = saved_id_maps(model, run["out"])
@@ -84,8 +84,8 @@ def _expected(run: dict, request: int, *, user=None, history=None, k=10, tempera
         ids, scores = model.recommend(user_map.to_index(np.array([int(user)])), **options)
     else:
         items = item_map.to_index(np.array([int(i) for i in history]))
-        row = sp.csr_matrix((np.ones(len(items), np.float32), (np.zeros(len(items), int), items)),
-                            shape=(1, model.n_items))
+        values = np.ones(len(items), np.float32) if ratings is None else np.float32(ratings)
+        row = sp.csr_matrix((values, (np.zeros(len(items), int), items)), shape=(1, model.n_items))
         ids, scores = model.recommend(np.array([0]), row, fold_in=True, **options)
     keep = ids[0] >= 0
     return pd.DataFrame({"request": request, "user_id": user, "rank": np.arange(1, keep.sum() + 1),
@@ -106,8 +106,9 @@ def _check_answers(run: dict, answer: pd.DataFrame, rows: list[dict]) -> None:
     assert list(answer.columns) == ["request", "user_id", "rank", "item_id", "score"]
     for request, row in enumerate(rows):
         got = answer[answer["request"] == request].reset_index(drop=True)
-        want = _expected(run, request, user=row["user_id"], history=row["history"], k=row["k"],
-                         temperature=row["temperature"], seed=row["seed"])
+        want = _expected(run, request, user=row["user_id"], history=row["history"],
+                         ratings=row.get("ratings"), k=row["k"], temperature=row["temperature"],
+                         seed=row["seed"])
         assert got["item_id"].tolist() == want["item_id"].tolist(), request
         assert got["rank"].tolist() == want["rank"].tolist()
         # a JSON null read back into a frame may be NaN
@@ -125,6 +126,19 @@ def test_logged_dpebm_model_answers_like_recommend(dpebm_run):
     _check_answers(dpebm_run, _pyfunc(dpebm_run).predict(frame), rows)
     artifacts = {a.path for a in dpebm_run["client"].list_artifacts(dpebm_run["run_id"], "figures")}
     assert "figures/training_curve.png" in artifacts
+
+
+def test_logged_crbm_model_folds_in_rated_histories(tmp_path, movielens_dir):
+    run = _train(tmp_path, movielens_dir, "crbm", "--set", "epochs=1", "--set", "patience=1")
+    model = _pyfunc(run)
+    assert "ratings" in model.metadata.signature.inputs.input_names()
+    rows = [{"user_id": "196", "history": None, "ratings": None, "k": 5, "temperature": 0.0,
+             "seed": 0},
+            {"user_id": None, "history": HISTORY, "ratings": [5.0, 4.0, 1.0, 3.0], "k": 5,
+             "temperature": 0.8, "seed": 2}]
+    _check_answers(run, model.predict(pd.DataFrame(rows)), rows)
+    with pytest.raises(MlflowException, match="ratings list parallel to history"):
+        model.predict(pd.DataFrame([{"user_id": None, "history": HISTORY, "ratings": None}]))
 
 
 def test_defaults_and_clear_errors(ease_run):

@@ -28,16 +28,21 @@ def training_curve(epochs: list) -> object | None:
     if not names:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(len(names), 1, figsize=(6, 2.2 * len(names)), squeeze=False)
+    columns = 1 if len(names) <= 3 else 2
+    rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 2.2 * rows + 0.6),
+                             squeeze=False)
     steps = np.arange(1, len(epochs) + 1)
-    for ax, name in zip(axes[:, 0], names, strict=True):
+    for ax, name in zip(axes.ravel(), names, strict=False):
         values = [float(dict(m).get(name, np.nan)) for m in epochs]
         ax.plot(steps, values, marker="o")
         ax.set_ylabel(name)
+        ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[-1, 0].set_xlabel("epoch")
-    fig.suptitle("training curve")
-    fig.tight_layout()
+    for ax in axes.ravel()[len(names):]:
+        ax.set_visible(False)
+    fig.suptitle("training curve (per-epoch metrics)")
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     return fig
 
 
