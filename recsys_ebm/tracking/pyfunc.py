@@ -4,12 +4,15 @@ Input: a pandas DataFrame, one request per row (every column optional):
 
 * ``user_id`` (string): the raw id of a trained user, as text (``"196"``);
 * ``history`` (list of strings): raw item ids of a new user, folded in without retraining;
-* ``ratings`` (list of numbers, parallel to ``history``): required for rating models
-  (``fits_ratings``, e.g. crbm), refused by the others;
+* ``ratings`` (list of floats, parallel to ``history``; MLflow's schema check refuses JSON
+  integers there, write ``4.0``): required for rating models (``fits_ratings``, e.g. crbm),
+  refused by the others;
 * ``k`` (int, default 10), ``temperature`` (float, default 0 = exact ranking; > 0 samples from
   softmax(score / T)), ``seed`` (int, default 0: the sampling seed).
 
-A row gives ``user_id`` or ``history``, not both. Output: a DataFrame with one row per
+A row gives ``user_id`` or ``history``, not both. A column given must have a value in every row;
+only ``user_id``, ``history`` and ``ratings`` may be None (JSON null; a missing key, which pandas
+reads as NaN, fails MLflow's schema check). Output: a DataFrame with one row per
 recommended item, columns ``request`` (row index of the input), ``user_id`` (as given; None for
 a history), ``rank`` (1 = best), ``item_id`` (raw id, as text) and ``score`` (the model's score,
 i.e. minus the energy). Each request is exactly ``model.recommend([user], k=k,
@@ -48,10 +51,15 @@ def _bad_request(message: str) -> MlflowException:
 
 
 def _missing(value: Any) -> bool:
-    """None / NaN (what an absent cell becomes in a DataFrame)."""
+    """None / NaN / pd.NA (what an absent cell becomes in a DataFrame); lists are values."""
     if value is None:
         return True
-    return isinstance(value, float) and math.isnan(value)
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return False
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
 
 
 class RecommenderModel(mlflow.pyfunc.PythonModel):
