@@ -25,7 +25,7 @@ from recsys_ebm.evaluation.evaluate import format_table
 from recsys_ebm.experiments import runner
 from recsys_ebm.experiments.jobs import raw_to_index, saved_id_maps, serving_model
 from recsys_ebm.io import atomic_write_bytes, is_model_dir
-from recsys_ebm.models import model_class
+from recsys_ebm.models import load_model, model_class
 from recsys_ebm.models.rating_baselines import RATING_BASELINES, make_rating_baseline
 from recsys_ebm.ranking.faiss_index import INDEX_KINDS
 
@@ -49,6 +49,8 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
                             "the options and epochs it chose and save that model, to serve")
     train.add_argument("--output-dir", default=None,
                        help="where the model is saved (default: outputs/<dataset>/<model>)")
+    train.add_argument("--register", default=None, metavar="NAME",
+                       help="register the logged MLflow pyfunc model as a version of NAME")
 
     evaluate = sub.add_parser("evaluate", parents=[common], help="run an evaluation protocol and write metrics as JSON")
     add_data_args(evaluate)
@@ -109,6 +111,8 @@ def _train_and_evaluate(args, tracker) -> tuple[runner.Dataset, runner.PreparedD
 def cmd_train(args) -> int:
     output = Path(args.output_dir or Path("outputs") / args.dataset.replace("/", "_") / args.model)
     check_replaceable(output.absolute(), is_model_dir)  # before any training, not after it
+    if args.register and args.no_mlflow:
+        raise ValueError("--register NAME registers the run's MLflow model; drop --no-mlflow")
     with tracker_from_args(args, f"train-{args.model}") as tracker:
         dataset, data, model, result = _train_and_evaluate(args, tracker)
         fitted_on = data.train
@@ -123,6 +127,10 @@ def cmd_train(args) -> int:
                                  "item_ids": fitted_on.item_map.to_list(), "fit": args.fit,
                                  "dataset": dataset.name, "dataset_checksum": dataset.checksum})
         tracker.log_artifacts(output, "model")
+        tracker.log_input_frame(dataset.ratings, dataset.name, dataset.checksum, dataset.source)
+        tracker.log_recommender(output, load_model=load_model, id_maps=saved_id_maps,
+                                to_index=raw_to_index, register=args.register)
+        tracker.log_training_figures(model, data.test.user_items)
         tracker.log_dict(result.summary, "test_metrics.json")
         sample = runner.sample_recommendations(model, fitted_on, dataset.items)
         tracker.log_table(sample, "top10_sample.csv")

@@ -1,4 +1,4 @@
-"""MLflow experiment tracking; the only module in recsys_ebm that imports mlflow.
+"""MLflow runs: open a tracking store quickly and log params, metrics and artifacts to one run.
 
 Where runs are stored, first match wins:
 
@@ -50,6 +50,7 @@ import re
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,6 +79,10 @@ _BAD_NAME_CHARS = re.compile(r"[^\w.\- /]")
 START_HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                      "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
+# MLflow's hints while logging the pyfunc model that do not apply to it: its integer input
+# columns are optional (omitted, not sent as NaN) and its signature is given, not type hints.
+_MODEL_LOG_HINTS = (".*Integer columns in Python cannot represent missing values",
+                    ".*Add type hints to the `predict` method")
 # What opening a store can raise besides MlflowException (requests' errors are OSErrors).
 _STORE_ERRORS: tuple[type[BaseException], ...] = (MlflowException, OSError, ValueError,
                                                   ImportError)
@@ -351,3 +356,93 @@ class Tracker:
             local = Path(tmp) / posixpath.basename(filename)
             frame.to_csv(local, index=any(n is not None for n in frame.index.names))
             client.log_artifact(self.run_id, str(local), posixpath.dirname(filename) or None)
+
+    def log_figure(self, figure: Any, filename: str) -> None:
+        """Store a matplotlib figure as the image artifact ``filename``, then close it."""
+        if not self.enabled:
+            return
+        try:
+            self._active().log_figure(self.run_id, figure, filename)
+        finally:
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
+
+    def log_input_frame(self, frame: Any, name: str, digest: str, source: str,
+                        context: str = "train") -> None:
+        """Record the pandas ``frame`` as an input dataset of the run (``run.inputs``), named
+        ``name`` with ``digest`` (a checksum; cut to MLflow's 36 characters) and ``source``."""
+        if not self.enabled:
+            return
+        from mlflow.data.pandas_dataset import from_pandas
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        with warnings.catch_warnings():  # "source can be interpreted in multiple ways" and
+            warnings.simplefilter("ignore", UserWarning)  # the integer-column hint of its schema
+            dataset = from_pandas(frame, source=source, name=name, digest=digest[:36])
+            entity = Dataset(**dataset.to_dict())
+        entity = DatasetInput(entity,
+                              tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        self._active().log_inputs(self.run_id, datasets=[entity])
+
+    def log_recommender(self, model_dir: str | Path, *, load_model: Any, id_maps: Any,
+                        to_index: Any, name: str = "recommender",
+                        register: str | None = None) -> str | None:
+        """Log the saved model at ``model_dir`` as an MLflow pyfunc model ``name`` of this run
+        (see recsys_ebm.tracking.pyfunc; the loaders are that module's RecommenderModel
+        arguments), with its signature and input example; ``register`` also makes it a version
+        of that registered model. Returns the ``runs:/<run id>/<name>`` URI (None if disabled)."""
+        if not self.enabled:
+            return None
+        from mlflow.models import Model
+
+        from recsys_ebm.tracking.pyfunc import (
+            RecommenderModel,
+            example_and_signature,
+            serving_requirements,
+        )
+
+        client = self._active()
+        python_model = RecommenderModel(load_model, id_maps, to_index)
+        example, signature = example_and_signature(python_model, str(model_dir))
+        logged = client.create_logged_model(self._experiment_id, name=name,
+                                            source_run_id=self.run_id)
+        with _global_tracking_uri(client.tracking_uri), warnings.catch_warnings():
+            for hint in _MODEL_LOG_HINTS:
+                warnings.filterwarnings("ignore", message=hint, category=UserWarning)
+            Model.log(None, name=name, flavor=mlflow.pyfunc, run_id=self.run_id,
+                      model_id=logged.model_id, python_model=python_model,
+                      artifacts={"model": str(model_dir)}, signature=signature,
+                      input_example=example, pip_requirements=serving_requirements(),
+                      registered_model_name=register)
+        return f"runs:/{self.run_id}/{name}"
+
+
+    def log_training_figures(self, model: Any, test: Any) -> None:
+        """Figures of a fitted ``model``: ``figures/training_curve.png`` (its per-epoch metrics,
+        when it has any) and ``figures/energy_histogram.png`` (scores of the ``test`` (CSR)
+        items vs the other unseen items of a sample of users)."""
+        if not self.enabled:
+            return
+        from recsys_ebm.tracking import figures
+
+        epochs = list(getattr(getattr(model, "history", None), "epochs", None) or [])
+        curve = figures.training_curve(epochs)
+        if curve is not None:
+            self.log_figure(curve, "figures/training_curve.png")
+        held_out, other = figures.held_out_scores(model, test)
+        if held_out.size:
+            title = f"{type(model).__name__}: held-out vs other unseen items"
+            self.log_figure(figures.score_histogram(held_out, other, title),
+                            "figures/energy_histogram.png")
+
+@contextmanager
+def _global_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's model logging reads the global tracking URI: point it at ``uri`` meanwhile."""
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)

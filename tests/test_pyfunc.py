@@ -1,0 +1,248 @@
+"""`recsys-ebm train` logs an MLflow pyfunc model that serves the toolkit's recommendations:
+loaded back in Python and served by a real `mlflow models serve`, its answers are exactly
+``model.recommend``'s. Real SQLite stores in tmp_path, real MovieLens 100K."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from recsys_ebm.cli import main
+from recsys_ebm.experiments.jobs import saved_id_maps
+from recsys_ebm.models import load_model
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NAME = "recommender"
+USERS = ["1", "196", "405", "943"]
+HISTORY = ["50", "172", "181", "1"]
+
+
+def _train(tmp: Path, data_dir: Path, model: str, *extra: str) -> dict:
+    """One `recsys-ebm train` run into a SQLite store in ``tmp`` (cwd moves there: the default
+    artifact root ./mlruns is resolved against it)."""
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    out = tmp / model
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.chdir(tmp)
+        with redirect_stdout(io.StringIO()):
+            code = main(["train", "--data-dir", str(data_dir), "--model", model, "--tracking-uri",
+                         uri, "--output-dir", str(out), "--no-download", "--quiet", *extra])
+    assert code == 0
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("recsys_ebm")
+    (run,) = client.search_runs([experiment.experiment_id], f"tags.mlflow.runName = 'train-{model}'")
+    return {"uri": uri, "out": out, "tmp": tmp, "run_id": run.info.run_id, "client": client}
+
+
+@pytest.fixture(scope="module")
+def ease_run(tmp_path_factory, movielens_dir) -> dict:
+    return _train(tmp_path_factory.mktemp("ease"), movielens_dir, "ease", "--register", "recs")
+
+
+@pytest.fixture(scope="module")
+def dpebm_run(tmp_path_factory, movielens_dir) -> dict:
+    return _train(tmp_path_factory.mktemp("dpebm"), movielens_dir, "dpebm",
+                  "--set", "epochs=2", "--set", "patience=1")
+
+
+def _pyfunc(run: dict):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", run["uri"])
+        mlflow.set_tracking_uri(run["uri"])
+        try:
+            return mlflow.pyfunc.load_model(f"runs:/{run['run_id']}/{NAME}")
+        finally:
+            mlflow.set_tracking_uri(None)
+
+
+def _expected(run: dict, request: int, *, user=None, history=None, ratings=None, k=10,
+              temperature=0.0, seed=0) -> pd.DataFrame:
+    """What Python `model.recommend` answers for one request, in the pyfunc's output form."""
+    model = load_model(run["out"])
+    user_map, item_map = saved_id_maps(model, run["out"])
+    options = {"k": k, "temperature": temperature, "rng": seed}
+    if user is not None:
+        ids, scores = model.recommend(user_map.to_index(np.array([int(user)])), **options)
+    else:
+        items = item_map.to_index(np.array([int(i) for i in history]))
+        values = np.ones(len(items), np.float32) if ratings is None else np.float32(ratings)
+        row = sp.csr_matrix((values, (np.zeros(len(items), int), items)), shape=(1, model.n_items))
+        ids, scores = model.recommend(np.array([0]), row, fold_in=True, **options)
+    keep = ids[0] >= 0
+    return pd.DataFrame({"request": request, "user_id": user, "rank": np.arange(1, keep.sum() + 1),
+                         "item_id": [str(i) for i in item_map.to_raw(ids[0][keep])],
+                         "score": scores[0][keep].astype(float)})
+
+
+def _requests() -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    rows = [{"user_id": user, "history": None, "k": 10, "temperature": 0.0, "seed": 0}
+            for user in USERS]
+    rows.append({"user_id": None, "history": HISTORY, "k": 7, "temperature": 0.0, "seed": 0})
+    rows.append({"user_id": "196", "history": None, "k": 5, "temperature": 0.7, "seed": 11})
+    rows.append({"user_id": None, "history": HISTORY, "k": 6, "temperature": 1.5, "seed": 3})
+    return pd.DataFrame(rows), rows
+
+
+def _check_answers(run: dict, answer: pd.DataFrame, rows: list[dict]) -> None:
+    assert list(answer.columns) == ["request", "user_id", "rank", "item_id", "score"]
+    for request, row in enumerate(rows):
+        got = answer[answer["request"] == request].reset_index(drop=True)
+        want = _expected(run, request, user=row["user_id"], history=row["history"],
+                         ratings=row.get("ratings"), k=row["k"], temperature=row["temperature"],
+                         seed=row["seed"])
+        assert got["item_id"].tolist() == want["item_id"].tolist(), request
+        assert got["rank"].tolist() == want["rank"].tolist()
+        # a JSON null read back into a frame may be NaN
+        assert [None if pd.isna(u) else u for u in got["user_id"]] == want["user_id"].tolist()
+        np.testing.assert_allclose(got["score"].to_numpy(float), want["score"], rtol=1e-6)
+
+
+def test_logged_ease_model_answers_like_recommend(ease_run):
+    frame, rows = _requests()
+    _check_answers(ease_run, _pyfunc(ease_run).predict(frame), rows)
+
+
+def test_logged_dpebm_model_answers_like_recommend(dpebm_run):
+    frame, rows = _requests()
+    _check_answers(dpebm_run, _pyfunc(dpebm_run).predict(frame), rows)
+    artifacts = {a.path for a in dpebm_run["client"].list_artifacts(dpebm_run["run_id"], "figures")}
+    assert "figures/training_curve.png" in artifacts
+
+
+def test_logged_crbm_model_folds_in_rated_histories(tmp_path, movielens_dir):
+    run = _train(tmp_path, movielens_dir, "crbm", "--set", "epochs=1", "--set", "patience=1")
+    model = _pyfunc(run)
+    assert "ratings" in model.metadata.signature.inputs.input_names()
+    rows = [{"user_id": "196", "history": None, "ratings": None, "k": 5, "temperature": 0.0,
+             "seed": 0},
+            {"user_id": None, "history": HISTORY, "ratings": [5.0, 4.0, 1.0, 3.0], "k": 5,
+             "temperature": 0.8, "seed": 2}]
+    _check_answers(run, model.predict(pd.DataFrame(rows)), rows)
+    with pytest.raises(MlflowException, match="ratings list parallel to history"):
+        model.predict(pd.DataFrame([{"user_id": None, "history": HISTORY, "ratings": None}]))
+
+
+def test_defaults_and_clear_errors(ease_run):
+    model = _pyfunc(ease_run)
+    answer = model.predict(pd.DataFrame({"user_id": ["196"]}))  # k, temperature, seed default
+    _check_answers(ease_run, answer, [{"user_id": "196", "history": None, "k": 10,
+                                       "temperature": 0.0, "seed": 0}])
+    with pytest.raises(MlflowException, match="99999"):
+        model.predict(pd.DataFrame({"user_id": ["99999"]}))
+    with pytest.raises(MlflowException, match="777777"):
+        model.predict(pd.DataFrame({"history": [["50", "777777"]]}))
+    with pytest.raises(MlflowException, match="either user_id or history"):
+        model.predict(pd.DataFrame({"user_id": ["196"], "history": [["50"]]}))
+
+
+def test_run_records_dataset_figures_signature_and_registration(ease_run):
+    client, run_id = ease_run["client"], ease_run["run_id"]
+    (dataset_input,) = client.get_run(run_id).inputs.dataset_inputs
+    assert dataset_input.dataset.name == "ml-100k"
+    checksum = client.get_run(run_id).data.params["dataset_checksum"]
+    assert dataset_input.dataset.digest == checksum[:36]
+    assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "train"
+    figures = {a.path for a in client.list_artifacts(run_id, "figures")}
+    assert "figures/energy_histogram.png" in figures
+    signature = _pyfunc(ease_run).metadata.signature
+    assert signature.inputs.input_names() == ["user_id", "history", "k", "temperature", "seed"]
+    assert signature.outputs.input_names() == ["request", "user_id", "rank", "item_id", "score"]
+    (version,) = client.search_model_versions("name = 'recs'")
+    assert version.run_id == run_id
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def served(ease_run):
+    """`mlflow models serve` of the logged model on a free local port; stopped at teardown."""
+    port, tmp = _free_port(), ease_run["tmp"]
+    log_path = tmp / f"serve-{port}.log"
+    # the server runs `uvicorn` from PATH: the one beside this Python
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ease_run["uri"],
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m",
+           f"runs:/{ease_run['run_id']}/{NAME}", "--env-manager", "local", "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # one process group to stop
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n"
+                            f"{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow models serve not ready after 90 s:\n"
+                            f"{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the server's process group (uvicorn and its worker), even if the server exited."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_served_model_answers_like_recommend_over_http(ease_run, served):
+    frame, rows = _requests()
+    body = {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
+    status, answer = _post(served, body)
+    assert status == 200, answer
+    _check_answers(ease_run, pd.DataFrame(answer["predictions"]), rows)
+
+    status, error = _post(served, {"dataframe_split": {"columns": ["user_id"],
+                                                       "data": [["99999"]]}})
+    assert status == 400
+    assert "99999" in error["message"]
