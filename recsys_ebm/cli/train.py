@@ -115,7 +115,7 @@ def cmd_train(args) -> int:
         raise ValueError("--register NAME registers the run's MLflow model; drop --no-mlflow")
     with tracker_from_args(args, f"train-{args.model}") as tracker:
         dataset, data, model, result = _train_and_evaluate(args, tracker)
-        fitted_on = data.train
+        evaluated, fitted_on = model, data.train
         if args.fit == "all":
             fitted_on = Interactions.from_frame(dataset.ratings, name="all")
             model = runner.fit_production(args.model, model_options_from_args(args), fitted_on,
@@ -130,7 +130,7 @@ def cmd_train(args) -> int:
         tracker.log_input_frame(dataset.ratings, dataset.name, dataset.checksum, dataset.source)
         tracker.log_recommender(output, load_model=load_model, id_maps=saved_id_maps,
                                 to_index=raw_to_index, register=args.register)
-        tracker.log_training_figures(model, data.test.user_items)
+        tracker.log_training_figures(evaluated, data.test.user_items)  # held-out items: the evaluated model
         tracker.log_dict(result.summary, "test_metrics.json")
         sample = runner.sample_recommendations(model, fitted_on, dataset.items)
         tracker.log_table(sample, "top10_sample.csv")
