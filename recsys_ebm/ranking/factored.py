@@ -110,15 +110,13 @@ def rank_vectors(user_vectors: np.ndarray, item_vectors: np.ndarray, item_biases
     k, temperature = check_k(k), check_temperature(temperature)
     users = np.asarray(user_vectors, dtype=np.float32)
     keys = np.arange(users.shape[0], dtype=np.int64) if keys is None else keys
-    if temperature > 0 and not _can_fold_scale(users, item_vectors, item_biases, temperature):
-        # s log2(e) / T would overflow float32: sample the plain scores at T (the sampler
-        # subtracts each row's maximum first, in float64 where needed)
-        return _rank_unscaled(users, item_vectors, item_biases, k, temperature, seed, keys,
-                              exclude, mask, with_log_p, batch_size, n_threads)
-    scale = np.float32(LOG2E / temperature) if temperature > 0 else np.float32(1.0)
+    # fold log2(e) / T into the product unless that would overflow float32 (very small T):
+    # then the sampler gets the plain scores at T and subtracts each row's maximum itself
+    fold = temperature > 0 and _can_fold_scale(users, item_vectors, item_biases, temperature)
+    scale = np.float32(LOG2E / temperature) if fold else np.float32(1.0)
     biases = np.asarray(item_biases, dtype=np.float32)
     scorer = FactorScorer(item_vectors, biases * scale, mask)
-    items = augment_items(item_vectors, biases) if temperature > 0 else None
+    items = augment_items(item_vectors, biases) if fold else None
     batch_size = batch_size or auto_batch_size(scorer.n_items)
     n = users.shape[0]
     out_ids, out_values = np.empty((n, k), np.int64), np.empty((n, k), np.float32)
@@ -129,16 +127,16 @@ def rank_vectors(user_vectors: np.ndarray, item_vectors: np.ndarray, item_biases
         if getattr(local, "scores", None) is None:
             local.scores = np.empty((batch_size, scorer.n_items), dtype=np.float32)
         block_users = users[start:stop]
-        scores = scorer.score(block_users * scale if temperature > 0 else block_users,
+        scores = scorer.score(block_users * scale if fold else block_users,
                               out=local.scores[:stop - start])
         mask_rows(scores, exclude, start)
         with np.errstate(invalid="ignore"):  # rows with nothing eligible: -inf - (-inf)
-            if temperature > 0:
+            if fold:
                 # the sampler at T = log2(e) weighs exp2(s c) = exp(s / T): its log p is p(i | u, T)
                 ids, _, log_p = select(scores, k, LOG2E, seed, keys[start:stop], with_log_p=with_log_p)
                 values = rescore(block_users, items, ids)
             else:
-                ids, values, log_p = select(scores, k, 0.0, seed, keys[start:stop],
+                ids, values, log_p = select(scores, k, temperature, seed, keys[start:stop],
                                             with_log_p=with_log_p)
         out_ids[start:stop], out_values[start:stop] = ids, values
         if with_log_p:
@@ -154,29 +152,6 @@ def _can_fold_scale(users: np.ndarray, item_vectors: np.ndarray, item_biases: np
     bound = (float(np.abs(users).sum(axis=1).max(initial=0.0)) * float(np.abs(item_vectors).max(initial=0.0))
              + float(np.abs(item_biases).max(initial=0.0)))
     return bound * LOG2E / temperature < 1e30
-
-
-def _rank_unscaled(users, item_vectors, item_biases, k, temperature, seed, keys, exclude, mask,
-                   with_log_p, batch_size, n_threads):
-    """:func:`rank_vectors` for very small T: plain scores, the sampler at T."""
-    scorer = FactorScorer(item_vectors, item_biases, mask)
-    batch_size = batch_size or auto_batch_size(scorer.n_items)
-    n = users.shape[0]
-    out_ids, out_values = np.empty((n, k), np.int64), np.empty((n, k), np.float32)
-    out_log_p = np.empty((n, k)) if with_log_p else None
-
-    def block(start: int, stop: int) -> None:
-        scores = scorer.score(users[start:stop])
-        mask_rows(scores, exclude, start)
-        with np.errstate(invalid="ignore"):
-            ids, values, log_p = select(scores, k, temperature, seed, keys[start:stop],
-                                        with_log_p=with_log_p)
-        out_ids[start:stop], out_values[start:stop] = ids, values
-        if with_log_p:
-            out_log_p[start:stop] = log_p
-
-    run_blocks(block, n, batch_size, n_threads)
-    return out_ids, out_values, out_log_p
 
 
 def rescore(user_vectors: np.ndarray, items: np.ndarray, ids: np.ndarray) -> np.ndarray:
