@@ -40,5 +40,15 @@ def test_quickstart_notebook_executes(tmp_path, movielens_dir, monkeypatch):
     assert "100,000 ratings by 943 users" in text
     assert "Toy Story (1995)" in text  # titles are joined in
     assert "ndcg" in text and "novelty@10" in text
+    figures = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
+    assert figures, "the figures cell drew nothing"
     top10 = pd.read_parquet(tmp_path / "out" / "top10.parquet")
     assert len(top10) == 943 * 10 and top10.groupby("user_id").size().eq(10).all()
+
+
+def test_the_committed_notebook_holds_its_figures_and_no_errors():
+    """The notebook is committed executed, figures included (readable without running it)."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not any(o.get("output_type") == "error" for o in outputs)
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 1
