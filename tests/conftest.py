@@ -43,3 +43,23 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def build_wheel(tmp_path: Path) -> Path:
+    """The project's wheel, built from a copy of the sources (so the build leaves no build/ or
+    egg-info in the checkout), in ``tmp_path/dist``."""
+    import shutil
+    import subprocess
+    import sys
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("recsys_ebm", "pipelines"):
+        shutil.copytree(REPO_ROOT / name, source / name, ignore=ignore)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist"), str(source)], check=True, cwd=tmp_path)
+    (wheel,) = (tmp_path / "dist").glob("recsys_ebm-*.whl")
+    return wheel

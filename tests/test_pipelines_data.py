@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+from conftest import build_wheel
 
 from recsys_ebm._compat import tomllib
 from recsys_ebm.config import read_pipeline
@@ -44,16 +45,7 @@ def test_train_options_default_to_the_tuned_file():
 
 
 def test_wheel_ships_the_pipelines_and_the_loader_reads_them(tmp_path):
-    source = tmp_path / "src"  # a copy, so the build leaves nothing in the checkout
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, source / name)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("recsys_ebm", "pipelines"):
-        shutil.copytree(ROOT / name, source / name, ignore=ignore)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path / "dist"), str(source)], check=True, cwd=tmp_path)
-    (wheel,) = (tmp_path / "dist").glob("recsys_ebm-*.whl")
+    wheel = build_wheel(tmp_path)
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         archive.extractall(tmp_path / "unzipped")

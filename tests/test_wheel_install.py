@@ -10,7 +10,6 @@ environment stays out of the new venv; the test checks that ``recsys_ebm`` is th
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -20,26 +19,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import build_wheel
 
 from recsys_ebm._compat import tomllib
 from recsys_ebm.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
-
-
-def _build_wheel(tmp_path: Path) -> Path:
-    source = tmp_path / "src"  # a copy, so the build leaves no build/ or egg-info in the checkout
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, source / name)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("recsys_ebm", "pipelines"):
-        shutil.copytree(ROOT / name, source / name, ignore=ignore)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path / "dist"), str(source)], check=True, cwd=tmp_path)
-    (wheel,) = (tmp_path / "dist").glob("recsys_ebm-*.whl")
-    return wheel
 
 
 def _fresh_venv(tmp_path: Path, wheel: Path) -> Path:
@@ -64,7 +50,7 @@ def _small_log(movielens_dir: Path, path: Path) -> Path:
 
 @pytest.mark.slow
 def test_the_installed_wheel_trains_and_reports_outside_the_checkout(tmp_path, movielens_dir):
-    wheel = _build_wheel(tmp_path)
+    wheel = build_wheel(tmp_path)
     with zipfile.ZipFile(wheel) as archive:
         assert "recsys_ebm/py.typed" in archive.namelist()
     venv = _fresh_venv(tmp_path, wheel)

@@ -78,22 +78,6 @@ class _Context:
     seen: sp.csr_matrix  # (n_test_rows, n_items) items a user's ranking excludes
 
 
-def _context(dataset: runner.Dataset, data: runner.PreparedData) -> _Context:
-    features, genres = None, []
-    items = dataset.items
-    if items is not None and "genres" in items.columns:
-        raw = data.train.item_map.to_raw(np.arange(data.train.n_items))
-        text = items.drop_duplicates("item_id").set_index("item_id")["genres"].reindex(raw)
-        features, genres = genre_matrix(text.fillna("").astype(str).tolist())
-    seen = data.fold_in.user_items if data.fold_in is not None else data.train.user_items
-    return _Context(data, item_popularity(data.train.user_items), features, genres, seen)
-
-
-def _beyond(ctx: _Context, recs: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
-    return beyond_accuracy(recs, ctx.data.train.n_items, ks, popularity=ctx.popularity,
-                           item_features=ctx.features)
-
-
 def _mean_std(rows: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
     keys = list(rows[0])
     values = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in keys}
