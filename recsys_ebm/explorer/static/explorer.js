@@ -15,7 +15,7 @@ async function getJSON(url, options) {
 
 function label(itemId) {
   const title = state.titles.get(itemId);
-  return title ? `${title} (${itemId})` : itemId;
+  return title ? `${title} · ${itemId}` : itemId;
 }
 
 function option(value) {
@@ -175,11 +175,17 @@ function drawList(result) {
     track.append(bar);
     const value = document.createElement("span");
     value.textContent = formatProbability(item.probability);
-    const cells = [String(item.rank), label(item.item_id), item.energy.toFixed(3)];
+    const cells = [String(item.rank), item.title || item.item_id, item.energy.toFixed(3)];
     for (const [position, text] of cells.entries()) {
       const cell = document.createElement("td");
       cell.textContent = text;
       if (position === 2) cell.className = "num";
+      if (position === 1 && item.title) {
+        const id = document.createElement("span");
+        id.className = "id";
+        id.textContent = item.item_id;
+        cell.append(" ", id);
+      }
       row.append(cell);
     }
     const probability = document.createElement("td");
