@@ -126,14 +126,23 @@ def test_logged_dpebm_model_answers_like_recommend(dpebm_run):
     assert "figures/training_curve.png" in artifacts
 
 
-def test_logged_crbm_model_folds_in_rated_histories(tmp_path, movielens_dir):
-    run = _train(tmp_path, movielens_dir, "crbm", "--set", "epochs=1", "--set", "patience=1")
+@pytest.fixture(scope="module")
+def crbm_run(tmp_path_factory, movielens_dir) -> dict:
+    return _train(tmp_path_factory.mktemp("crbm"), movielens_dir, "crbm", "--set", "epochs=1",
+                  "--set", "patience=1")
+
+
+#: a trained user and a new user's rated history, ranked and sampled
+CRBM_ROWS = [{"user_id": "196", "history": None, "ratings": None, "k": 5, "temperature": 0.0,
+              "seed": 0},
+             {"user_id": None, "history": HISTORY, "ratings": [5.0, 4.0, 1.0, 3.0], "k": 5,
+              "temperature": 0.8, "seed": 2}]
+
+
+def test_logged_crbm_model_folds_in_rated_histories(crbm_run):
+    run, rows = crbm_run, CRBM_ROWS
     model = _pyfunc(run)
     assert "ratings" in model.metadata.signature.inputs.input_names()
-    rows = [{"user_id": "196", "history": None, "ratings": None, "k": 5, "temperature": 0.0,
-             "seed": 0},
-            {"user_id": None, "history": HISTORY, "ratings": [5.0, 4.0, 1.0, 3.0], "k": 5,
-             "temperature": 0.8, "seed": 2}]
     _check_answers(run, model.predict(pd.DataFrame(rows)), rows)
     with pytest.raises(MlflowException, match="ratings list parallel to history"):
         model.predict(pd.DataFrame([{"user_id": None, "history": HISTORY, "ratings": None}]))
@@ -218,3 +227,20 @@ def test_served_model_answers_like_recommend_over_http(ease_run, served):
                                                        "data": [["99999"]]}})
     assert status == 400
     assert "99999" in error["message"]
+
+
+def test_served_rating_model_answers_like_recommend_over_http(crbm_run):
+    """The CRBM (a rating model: histories carry ratings) through `mlflow models serve`."""
+    server = _serve(crbm_run)
+    url = next(server)
+    try:
+        frame = pd.DataFrame(CRBM_ROWS)
+        body = {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
+        status, answer = _post(url, body)
+        assert status == 200, answer
+        _check_answers(crbm_run, pd.DataFrame(answer["predictions"]), CRBM_ROWS)
+        status, error = _post(url, {"dataframe_split": {
+            "columns": ["history", "ratings"], "data": [[HISTORY, None]]}})
+        assert status == 400 and "ratings list parallel to history" in error["message"]
+    finally:
+        server.close()

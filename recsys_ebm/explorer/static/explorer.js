@@ -31,7 +31,8 @@ async function start() {
   for (const item of items.items) if (item.title) state.titles.set(item.id, item.title);
   $("model-info").textContent = `${info.model} from ${info.source}` +
     (info.dataset ? ` · ${info.dataset}` : "") + ` · ${info.n_users} users × ${info.n_items} items` +
-    (info.has_titles ? "" : " · no titles (give --items-file)");
+    (info.has_titles ? "" : " · no titles (give --items-file)") +
+    (info.is_ebm ? "" : " · not an energy model: E is −score here");
   $("user-list").replaceChildren(...users.users.map(option));
   $("item-list").replaceChildren(...items.items.map((item) => option(item.title ? `${item.id} · ${item.title}` : item.id)));
   $("history-rating").hidden = !info.fits_ratings;
