@@ -141,6 +141,10 @@ def test_explore_serves_recommend_with_its_distribution(explorer):
     np.testing.assert_allclose([i["probability"] for i in got["items"]], p[listed], rtol=1e-4)
     assert got["entropy"] == pytest.approx(-(p[p > 0] * np.log(p[p > 0])).sum(), rel=1e-6)
     assert got["perplexity"] == pytest.approx(math.exp(got["entropy"]))
+    curve = got["curve"]
+    assert curve["entropy"][curve["temperature"].index(1.5)] == pytest.approx(got["entropy"])
+    assert curve["entropy"][0] == 0.0 and all(
+        a < b for a, b in zip(curve["entropy"], curve["entropy"][1:], strict=False))
     history = explorer.explore(history=["50", "172", "181"], k=6, temperature=0.9, seed=2)
     assert [i["item_id"] for i in history["items"]] == _python_list(
         explorer, history=["50", "172", "181"], k=6, temperature=0.9, seed=2)
@@ -275,6 +279,7 @@ def test_the_page_in_chromium_turns_exploratory_with_temperature(server, explore
                                                   seed=3)
             assert "Star Wars (1977)" in page.inner_text("#history-chips")
             assert page.locator("#histogram rect").count() > 10  # the energy histogram is drawn
+            assert page.locator("#curve polyline").count() == 1  # and the entropy curve
         finally:
             browser.close()
     assert not problems, problems

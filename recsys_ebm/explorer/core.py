@@ -45,6 +45,8 @@ VISITS, REPLICATES = 10, 20
 HISTOGRAM_BINS = 30
 #: How many of a trained user's items the page lists beside the recommendations.
 SHOWN_HISTORY = 20
+#: Temperatures of the entropy curve drawn beside the slider (0 to 2, the slider's range).
+CURVE_TEMPERATURES = tuple(round(0.1 * i, 1) for i in range(21))
 
 
 @dataclass(eq=False)
@@ -120,6 +122,8 @@ class Explorer:
             "perplexity": float(np.exp(entropy)),
             "coverage": expected_coverage(full, k, temperature, seed),
             "histogram": energy_histogram(-eligible, temperature, -scores.astype(np.float64)),
+            "curve": {"temperature": list(CURVE_TEMPERATURES),
+                      "entropy": [gibbs_entropy(eligible, t) for t in CURVE_TEMPERATURES]},
             "history": self._shown_history(seen),
         }
 

@@ -151,6 +151,7 @@ function render(result, key) {
   drawList(result);
   drawStats(result);
   drawHistogram(result.histogram);
+  drawCurve(result.curve, result.temperature, result.entropy);
   const seen = result.history.items.map((item) => {
     const chip = document.createElement("li");
     chip.textContent = label(item.item_id);
@@ -257,6 +258,28 @@ function drawHistogram(histogram) {
   shapes.push(svg("text", { class: "axis-label", x: (left + width - right) / 2, y: height - 4, "text-anchor": "middle" },
     "energy E = −score (lower: more likely)"));
   plot.replaceChildren(...shapes);
+}
+
+function drawCurve(curve, temperature, entropy) {
+  const [width, height, left, right, top, bottom] = [560, 130, 48, 48, 10, 30];
+  const maxT = curve.temperature[curve.temperature.length - 1] || 1;
+  const maxH = Math.max(...curve.entropy, 1e-9);
+  const x = (t) => left + (width - left - right) * Math.min(t, maxT) / maxT;
+  const y = (h) => top + (height - top - bottom) * (1 - h / maxH);
+  const points = curve.temperature.map((t, i) => `${x(t).toFixed(1)},${y(curve.entropy[i]).toFixed(1)}`);
+  const shapes = [
+    svg("line", { class: "axis", x1: left, x2: width - right, y1: y(0), y2: y(0) }),
+    svg("polyline", { class: "entropy", points: points.join(" ") }),
+    svg("circle", { class: "now", cx: x(temperature), cy: y(Math.min(entropy, maxH)), r: 5 }),
+    svg("text", { class: "tick", x: left - 6, y: top + 10, "text-anchor": "end" }, maxH.toFixed(2)),
+    svg("text", { class: "tick", x: left - 6, y: y(0), "text-anchor": "end" }, "0"),
+  ];
+  for (const t of [0, maxT / 2, maxT]) {
+    shapes.push(svg("text", { class: "tick", x: x(t), y: height - 12, "text-anchor": "middle" }, t.toFixed(1)));
+  }
+  shapes.push(svg("text", { class: "axis-label", x: (left + width - right) / 2, y: height - 1, "text-anchor": "middle" },
+    "temperature T (nats on the left; the dot is the current T)"));
+  $("curve").replaceChildren(...shapes);
 }
 
 start().catch((error) => {
