@@ -271,13 +271,14 @@ def test_the_page_in_chromium_turns_exploratory_with_temperature(server, explore
             assert exact["entropy"] < _shown(page, "user:196|10|0.5|3")["entropy"] < hot["entropy"]
 
             page.check("input[name=mode][value=history]")
-            for item in ("50 · Star Wars (1977)", "172"):
+            for item in ("50 · Star Wars (1977)", "empire strikes back, the (1980)"):
                 page.fill("#history-input", item)
                 page.click("#history-add")
-            typed = _shown(page, "history:50,172|10|0.5|3")
+            typed = _shown(page, "history:50,172|10|0.5|3")  # 172: found by its title
             assert typed["items"] == _python_list(explorer, history=["50", "172"], temperature=0.5,
                                                   seed=3)
             assert "Star Wars (1977)" in page.inner_text("#history-chips")
+            page.screenshot(path=tmp_path / "explorer-history.png", full_page=True)
             assert page.locator("#histogram rect").count() > 10  # the energy histogram is drawn
             assert page.locator("#curve polyline").count() == 1  # and the entropy curve
         finally:

@@ -3,7 +3,7 @@
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
-const state = { info: null, titles: new Map(), history: [], seq: 0, timer: null };
+const state = { info: null, titles: new Map(), ids: new Set(), history: [], seq: 0, timer: null };
 const $ = (id) => document.getElementById(id);
 
 async function getJSON(url, options) {
@@ -28,7 +28,10 @@ async function start() {
   const [info, users, items] = await Promise.all(
     ["/api/info", "/api/users", "/api/items"].map((url) => getJSON(url)));
   state.info = info;
-  for (const item of items.items) if (item.title) state.titles.set(item.id, item.title);
+  for (const item of items.items) {
+    state.ids.add(item.id);
+    if (item.title) state.titles.set(item.id, item.title);
+  }
   $("model-info").textContent = `${info.model} from ${info.source}` +
     (info.dataset ? ` · ${info.dataset}` : "") + ` · ${info.n_users} users × ${info.n_items} items` +
     (info.has_titles ? "" : " · no titles (give --items-file)") +
@@ -74,7 +77,7 @@ function mode() {
 function addHistoryItem() {
   const text = $("history-input").value.trim();
   if (!text) return;
-  const itemId = text.split(" · ")[0].trim();
+  const itemId = resolveItem(text);
   if (!state.history.some((entry) => entry.item === itemId)) {
     const rating = state.info.fits_ratings ? Number($("history-rating").value) : null;
     state.history.push({ item: itemId, rating });
@@ -82,6 +85,15 @@ function addHistoryItem() {
   $("history-input").value = "";
   drawHistoryChips();
   schedule();
+}
+
+// "50 · Star Wars (1977)" (a suggestion), "50" (an id) or "star wars (1977)" (a title).
+function resolveItem(text) {
+  const head = text.split(" · ")[0].trim();
+  if (state.ids.has(head)) return head;
+  const wanted = text.toLowerCase();
+  for (const [itemId, title] of state.titles) if (title.toLowerCase() === wanted) return itemId;
+  return head;  // unknown: the server's answer names it
 }
 
 function drawHistoryChips() {
