@@ -35,6 +35,7 @@ help:
 	@echo "              every model tuned on validation, refit, 3 seeds; + .json and PNG plots"
 	@echo "make evaluate-model [MODEL=dpebm PROTOCOL=random]  -> reports/<dataset>/<model>-<protocol>.json"
 	@echo "make export   [K=100 OUTPUT=...parquet|.csv ARGS='--temperature 0.5 --seed 1' ...]"
+	@echo "make explore  [MODEL=dpebm ARGS='--port 8765']  the temperature explorer of the saved model, on 127.0.0.1"
 	@echo "make bench    [BENCH_ARGS=--quick]  -> benchmarks/results/*.json"
 	@echo "make test     run the test suite"
 	@echo "make lint     ruff + import-linter contracts"
@@ -72,6 +73,11 @@ evaluate-model: $(BENCH_STAMP)
 
 export: $(STAMP)
 	$(BIN)/recsys-ebm export $(DATA_FLAGS) --model $(MODEL) --k $(K) --output $(OUTPUT) $(ARGS)
+
+# the temperature explorer of the model `make train` saved, on http://127.0.0.1:8765/
+.PHONY: explore
+explore: $(STAMP)
+	$(BIN)/recsys-ebm explore --model-path outputs/$(subst /,_,$(DATASET))/$(MODEL) $(ARGS)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)

@@ -54,7 +54,7 @@ def build_wheel(tmp_path: Path) -> Path:
 
     source = tmp_path / "src"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(REPO_ROOT / name, source / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("recsys_ebm", "pipelines"):
@@ -63,3 +63,50 @@ def build_wheel(tmp_path: Path) -> Path:
                     "-w", str(tmp_path / "dist"), str(source)], check=True, cwd=tmp_path)
     (wheel,) = (tmp_path / "dist").glob("recsys_ebm-*.whl")
     return wheel
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_ready(proc, url: str, log_path: Path, what: str, timeout: float = 90.0) -> None:
+    """Poll ``url`` until it answers 200; fail with the server's log when ``proc`` exits or
+    ``timeout`` seconds pass."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not ready after {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def stop_process_group(proc) -> None:
+    """Stop a server started with ``start_new_session=True`` (its whole process group), even
+    if it already exited."""
+    import os
+    import signal
+    import subprocess
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

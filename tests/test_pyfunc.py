@@ -7,11 +7,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from contextlib import redirect_stdout
@@ -22,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from conftest import free_port, stop_process_group, wait_until_ready
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -128,14 +126,23 @@ def test_logged_dpebm_model_answers_like_recommend(dpebm_run):
     assert "figures/training_curve.png" in artifacts
 
 
-def test_logged_crbm_model_folds_in_rated_histories(tmp_path, movielens_dir):
-    run = _train(tmp_path, movielens_dir, "crbm", "--set", "epochs=1", "--set", "patience=1")
+@pytest.fixture(scope="module")
+def crbm_run(tmp_path_factory, movielens_dir) -> dict:
+    return _train(tmp_path_factory.mktemp("crbm"), movielens_dir, "crbm", "--set", "epochs=1",
+                  "--set", "patience=1")
+
+
+#: a trained user and a new user's rated history, ranked and sampled
+CRBM_ROWS = [{"user_id": "196", "history": None, "ratings": None, "k": 5, "temperature": 0.0,
+              "seed": 0},
+             {"user_id": None, "history": HISTORY, "ratings": [5.0, 4.0, 1.0, 3.0], "k": 5,
+              "temperature": 0.8, "seed": 2}]
+
+
+def test_logged_crbm_model_folds_in_rated_histories(crbm_run):
+    run, rows = crbm_run, CRBM_ROWS
     model = _pyfunc(run)
     assert "ratings" in model.metadata.signature.inputs.input_names()
-    rows = [{"user_id": "196", "history": None, "ratings": None, "k": 5, "temperature": 0.0,
-             "seed": 0},
-            {"user_id": None, "history": HISTORY, "ratings": [5.0, 4.0, 1.0, 3.0], "k": 5,
-             "temperature": 0.8, "seed": 2}]
     _check_answers(run, model.predict(pd.DataFrame(rows)), rows)
     with pytest.raises(MlflowException, match="ratings list parallel to history"):
         model.predict(pd.DataFrame([{"user_id": None, "history": HISTORY, "ratings": None}]))
@@ -170,59 +177,33 @@ def test_run_records_dataset_figures_signature_and_registration(ease_run):
     assert version.run_id == run_id
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def served(ease_run):
     """`mlflow models serve` of the logged model on a free local port; stopped at teardown."""
-    port, tmp = _free_port(), ease_run["tmp"]
+    yield from _serve(ease_run)
+
+
+def _serve(run: dict):
+    """Serve ``run``'s logged model with `mlflow models serve` on a free local port until the
+    generator is closed."""
+    port, tmp = free_port(), run["tmp"]
     log_path = tmp / f"serve-{port}.log"
     # the server runs `uvicorn` from PATH: the one beside this Python
-    env = {**os.environ, "MLFLOW_TRACKING_URI": ease_run["uri"],
+    env = {**os.environ, "MLFLOW_TRACKING_URI": run["uri"],
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m",
-           f"runs:/{ease_run['run_id']}/{NAME}", "--env-manager", "local", "--host", "127.0.0.1",
+           f"runs:/{run['run_id']}/{NAME}", "--env-manager", "local", "--host", "127.0.0.1",
            "--port", str(port), "--workers", "1"]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # one process group to stop
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n"
-                            f"{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow models serve not ready after 90 s:\n"
-                            f"{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_until_ready(proc, f"{url}/ping", log_path, "mlflow models serve")
         yield url
     finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the server's process group (uvicorn and its worker), even if the server exited."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+        stop_process_group(proc)
 
 
 def _post(url: str, body: dict) -> tuple[int, dict]:
@@ -246,3 +227,20 @@ def test_served_model_answers_like_recommend_over_http(ease_run, served):
                                                        "data": [["99999"]]}})
     assert status == 400
     assert "99999" in error["message"]
+
+
+def test_served_rating_model_answers_like_recommend_over_http(crbm_run):
+    """The CRBM (a rating model: histories carry ratings) through `mlflow models serve`."""
+    server = _serve(crbm_run)
+    url = next(server)
+    try:
+        frame = pd.DataFrame(CRBM_ROWS)
+        body = {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
+        status, answer = _post(url, body)
+        assert status == 200, answer
+        _check_answers(crbm_run, pd.DataFrame(answer["predictions"]), CRBM_ROWS)
+        status, error = _post(url, {"dataframe_split": {
+            "columns": ["history", "ratings"], "data": [[HISTORY, None]]}})
+        assert status == 400 and "ratings list parallel to history" in error["message"]
+    finally:
+        server.close()

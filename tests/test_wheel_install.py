@@ -52,7 +52,15 @@ def _small_log(movielens_dir: Path, path: Path) -> Path:
 def test_the_installed_wheel_trains_and_reports_outside_the_checkout(tmp_path, movielens_dir):
     wheel = build_wheel(tmp_path)
     with zipfile.ZipFile(wheel) as archive:
-        assert "recsys_ebm/py.typed" in archive.namelist()
+        names = archive.namelist()
+        assert "recsys_ebm/py.typed" in names
+        # the explorer's page ships with the package
+        assert {f"recsys_ebm/explorer/static/{f}" for f in ("index.html", "explorer.js",
+                                                            "explorer.css")} <= set(names)
+        metadata_file = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        wheel_metadata = archive.read(metadata_file).decode()
+        assert "License-Expression: MIT" in wheel_metadata  # SPDX (PEP 639)
+        assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     venv = _fresh_venv(tmp_path, wheel)
     work = tmp_path / "work"  # neither the checkout nor the venv
     work.mkdir()
@@ -72,6 +80,9 @@ def test_the_installed_wheel_trains_and_reports_outside_the_checkout(tmp_path, m
     module_file, dist_root = where.split()
     assert Path(module_file).is_relative_to(venv) and Path(dist_root).is_relative_to(venv)
     assert (Path(module_file).parent / "py.typed").is_file()
+    page = run(str(venv / "bin" / "python"), "-c", "from importlib import resources; print(resources."
+               "files('recsys_ebm.explorer').joinpath('static', 'index.html').read_text()[:15])")
+    assert page.strip() == "<!doctype html>"
     cli = str(venv / "bin" / "recsys-ebm")  # the console script the wheel installed
     assert run(cli, "--version").strip() == f"recsys-ebm {VERSION}"
 

@@ -92,7 +92,7 @@ def tracker_from_args(args, run_name: str):
     from recsys_ebm.tracking import Tracker
 
     return Tracker(args.experiment, tracking_uri=args.tracking_uri, run_name=run_name,
-                   enabled=not args.no_mlflow)
+                   enabled=not args.no_mlflow, quiet=args.quiet)
 
 
 def set_threads(threads: int) -> None:

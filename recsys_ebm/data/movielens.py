@@ -69,6 +69,15 @@ def load_movielens(
     )
 
 
+def load_movielens_items(
+    variant: str | MovieLensVariant = "100k", data_dir: str | os.PathLike | None = None
+) -> pd.DataFrame:
+    """A local MovieLens copy's movies (``item_id``, ``title``, ``genres``), without reading its
+    ratings and never downloading; ``DatasetNotFoundError`` when the copy is not there."""
+    v = get_variant(variant)
+    return _read_items(v, locate_or_download(v, data_dir, download=False))
+
+
 def load_official_fold(
     fold: str | int,
     data_dir: str | os.PathLike | None = None,

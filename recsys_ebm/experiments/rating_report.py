@@ -113,7 +113,7 @@ def run_rating_report(config: ReportConfig) -> ReportResult:
     sections: dict[str, dict] = {}
     tracker = Tracker(config.experiment, tracking_uri=config.tracking_uri,
                       run_name=f"report-{dataset.name}-ratings", enabled=config.mlflow,
-                      tags={"report": "ratings"})
+                      tags={"report": "ratings"}, quiet=not config.show_progress)
     with limit_threads(config.threads), tracker:
         tracker.log_params({"protocol": folds.protocol, "models": ",".join(names), "seed": 0,
                             "threads": config.threads, "overrides": config.overrides})

@@ -363,7 +363,7 @@ def run_report(config: ReportConfig) -> ReportResult:
     names = _model_order(config)
     tracker = Tracker(config.experiment, tracking_uri=config.tracking_uri,
                       run_name=f"report-{dataset.name}-{config.protocol}", enabled=config.mlflow,
-                      tags={"report": "comparison"})
+                      tags={"report": "comparison"}, quiet=not config.show_progress)
     with limit_threads(config.threads), tracker:
         tracker.log_params({"protocol": config.protocol, "models": ",".join(names),
                             "seeds": ",".join(map(str, config.seeds)), "split_seed": 0,

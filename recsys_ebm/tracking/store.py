@@ -52,7 +52,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.uri import get_uri_scheme
 
 from recsys_ebm.errors import TrackingError
+from recsys_ebm.tracking.quiet import quiet_mlflow
 
 logger = logging.getLogger(__name__)
 
@@ -223,12 +224,15 @@ class Tracker:
 
     def __init__(self, experiment: str = "recsys_ebm", *, tracking_uri: str | None = None,
                  run_name: str | None = None, tags: dict | None = None,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, quiet: bool = False) -> None:
         self.experiment = experiment
         self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         self.run_name = run_name
         self.tags = dict(tags or {})
         self.enabled = enabled
+        #: keep MLflow's own INFO lines, progress bars and pickle warning off the terminal
+        self.quiet = quiet
+        self._quiet = ExitStack()
         self._client: MlflowClient | None = None  # set only while the run is active
         self._run = None
         self._experiment_id: str | None = None
@@ -239,6 +243,15 @@ class Tracker:
             return self
         if self._client is not None:
             raise RuntimeError("this Tracker's run is already active; use child() to nest runs")
+        if self.quiet:
+            self._quiet.enter_context(quiet_mlflow())
+        try:
+            return self._start()
+        except BaseException:
+            self._quiet.close()
+            raise
+
+    def _start(self) -> Tracker:
         tags = {"git_commit": git_commit() or "unknown",
                 "git_dirty": {True: "true", False: "false", None: "unknown"}[git_dirty()]}
         if self._parent is not None:
@@ -261,6 +274,10 @@ class Tracker:
                  tb: object) -> None:
         if self._client is None:
             return
+        with self._quiet:  # restored once the run has ended
+            self._end(exc_type)
+
+    def _end(self, exc_type: type[BaseException] | None) -> None:
         status = ("FINISHED" if exc_type is None
                   else "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
         self._client.set_terminated(self.run_id, status=status)
@@ -270,7 +287,7 @@ class Tracker:
     def child(self, run_name: str, tags: dict | None = None) -> Tracker:
         """A Tracker for a run nested under this one (``mlflow.parentRunId``); enter it inside."""
         child = Tracker(self.experiment, tracking_uri=self.tracking_uri, run_name=run_name,
-                        tags={**self.tags, **(tags or {})}, enabled=self.enabled)
+                        tags={**self.tags, **(tags or {})}, enabled=self.enabled, quiet=self.quiet)
         child._parent = self
         return child
 
