@@ -1,4 +1,4 @@
-"""``recsys-ebm``: train, evaluate, recommend, export, anomaly and report from the command line.
+"""``recsys-ebm``: train, evaluate, recommend, export, anomaly, report and groups from the command line.
 
 One module per group of subcommands, each with its parser and its handler; ``common`` holds
 the argument groups they share. Only this package configures logging handlers and writes to
@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from recsys_ebm.cli import anomaly, export, report, train
+from recsys_ebm.cli import anomaly, export, groups, report, train
 from recsys_ebm.errors import (
     ConcurrentWriteError,
     DataError,
@@ -23,8 +23,9 @@ from recsys_ebm.errors import (
 
 logger = logging.getLogger("recsys_ebm.cli")
 
-COMMANDS = {"train": train.cmd_train, "evaluate": train.cmd_evaluate, "recommend": train.cmd_recommend,
-            "anomaly": anomaly.cmd_anomaly, "export": export.cmd_export, "report": report.cmd_report}
+COMMANDS = {"train": train.cmd_train, "evaluate": train.cmd_evaluate, "recommend": groups.cmd_recommend_any,
+            "anomaly": anomaly.cmd_anomaly, "export": export.cmd_export, "report": report.cmd_report,
+            "groups": groups.cmd_groups}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     anomaly.add_parser(sub, common)
     export.add_parser(sub, common)
     report.add_parser(sub, common)
+    groups.add_parser(sub, common)
     return parser
 
 
