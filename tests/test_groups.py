@@ -201,7 +201,7 @@ def test_recommend_cli_serves_groups_and_mixes(tmp_path, ratings_file):
 def test_groups_command_writes_every_cell(tmp_path, ratings_file):
     path = tmp_path / "groups.json"
     code, text = _run(["groups", "--dataset", str(ratings_file), "--model", "ease", "--n-groups", "20",
-                       "--sizes", "2,3", "--json", str(path), "--markdown", str(tmp_path / "groups.md")])
+                       "--sizes", "2,3", "--no-crbm-paths", "--json", str(path), "--markdown", str(tmp_path / "groups.md")])
     assert code == 0
     results = json.loads(path.read_text())["results"]
     keys = {"model", "strategy", "group_type", "size", "ndcg@10_mean", "ndcg@10_min", "zero_hit_share", "n_groups"}
@@ -215,3 +215,28 @@ def test_groups_command_writes_every_cell(tmp_path, ratings_file):
             assert row["ndcg@10_mean_vs_poe"]["diff"] == 0
     markdown = (tmp_path / "groups.md").read_text()
     assert "## Target 1" in markdown and "## Groups found" in markdown
+
+
+# ----------------------------------------------------------------------------- the CRBM's two paths
+def test_crbm_energy_path_and_data_path_differ():
+    from recsys_ebm.models import CRBM
+    from recsys_ebm.models.crbm_paths import crbm_paths, soft_free_energy, visible_state
+
+    rng = np.random.default_rng(5)
+    dense = np.where(rng.random((30, 20)) < 0.5, rng.integers(1, 6, (30, 20)), 0).astype(np.float32)
+    model = CRBM(orientation="user", n_hidden=8, epochs=3, patience=3, init_std=0.3,
+                 val_fraction=0.1).fit(sp.csr_matrix(dense), show_progress=False)
+    # the soft free energy reads the parameters as the model does: equal on one-hot states
+    for user in (0, 4):
+        np.testing.assert_allclose(soft_free_energy(model, *visible_state(model, user)),
+                                   model.free_energy([user])[0], rtol=1e-5)
+    lambdas = np.linspace(0, 1, 6)
+    paths = crbm_paths(model, 2, 7, lambdas, k=5)
+    data, mix = np.array(paths["free_energy_data"]), np.array(paths["free_energy_mix"])
+    np.testing.assert_allclose(data[[0, -1]], mix[[0, -1]], rtol=1e-5)  # the same ends
+    assert np.all(data[1:-1] > mix[1:-1] + 1e-6)  # F is concave in V: the data path lies above
+    assert paths["max_log_p_gap"][0] < 1e-5 and paths["max_log_p_gap"][-1] < 1e-5
+    assert max(paths["max_log_p_gap"][1:-1]) > 1e-3  # and the predictions differ in between
+    with pytest.raises(ValueError, match="orientation='user'"):
+        crbm_paths(CRBM(orientation="item", n_hidden=4, epochs=1).fit(sp.csr_matrix(dense), show_progress=False),
+                   0, 1, lambdas)

@@ -38,6 +38,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     groups.add_argument("--json", dest="json_path", default=None, help="write the results here")
     groups.add_argument("--markdown", default=None, metavar="PATH",
                         help="also write the Markdown report (and its interpolation plot beside it)")
+    groups.add_argument("--no-crbm-paths", action="store_true",
+                        help="skip the user-oriented CRBM's energy path vs data path")
     groups.add_argument("--threads", type=int, default=1, help="torch/BLAS threads (0 = the libraries' defaults)")
 
 
@@ -51,10 +53,12 @@ def cmd_groups(args) -> int:
     models = tuple(args.models) if args.models else GroupsConfig.models
     command = (f"recsys-ebm groups --dataset {args.dataset} --variant {args.variant} "
                + " ".join(f"--model {m}" for m in models)
-               + (f" --n-groups {args.n_groups}" if args.n_groups != 1000 else ""))
+               + (f" --n-groups {args.n_groups}" if args.n_groups != 1000 else "")
+               + (" --no-crbm-paths" if args.no_crbm_paths else ""))
     config = GroupsConfig(dataset=args.dataset, variant=args.variant, data_dir=args.data_dir,
                           download=not args.no_download, models=models, sizes=sizes,
                           n_groups=args.n_groups, seed=args.seed, threads=args.threads or None,
+                          crbm_paths=not args.no_crbm_paths,
                           show_progress=not args.quiet, command=command)
     document = run_groups(config)
     written = write_groups(document, args.json_path, args.markdown)

@@ -11,7 +11,8 @@ groups of ML-100K users, judged by each member against their own test items.
    mean (satisfaction), the minimum (fairness) and whether some member has no hit; each
    strategy against the product of experts by paired per-group 95% t-intervals.
 4. taste interpolation: for a few divergent pairs, the list of the mix E_λ = (1 − λ) E_u + λ E_v
-   as λ goes 0 -> 1, its overlap with each user's own list (``interpolation_paths``).
+   as λ goes 0 -> 1, its overlap with each user's own list (``interpolation_paths``); and for a
+   user-oriented CRBM the energy path against the data path (``crbm_taste_paths``).
 
 ``groups_render`` writes the Markdown report and the plot from the JSON document alone.
 """
@@ -68,6 +69,8 @@ class GroupsConfig:
     seed: int = 0
     k: int = 10
     n_pairs: int = 4
+    #: also fit a user-oriented CRBM and trace both of its taste paths for the same pairs
+    crbm_paths: bool = True
     threads: int | None = 1
     show_progress: bool = False
     #: the command line that ran it, for the report
@@ -94,6 +97,7 @@ def run_groups(config: GroupsConfig) -> dict[str, Any]:
                                                show_progress=config.show_progress)
             fitted = time.perf_counter()
             history = model_input(model, data.train)
+            model = ScoreCache(model)
             for (group_type, size), cell in groups.items():
                 results += evaluate_cell(model, name, cell, history, data.test.user_items,
                                          config, group_type, size)
@@ -103,15 +107,44 @@ def run_groups(config: GroupsConfig) -> dict[str, Any]:
             timing[name] = {"fit_seconds": fitted - t0, "groups_seconds": time.perf_counter() - fitted}
             logger.info("%s: fitted in %.1f s, groups in %.1f s", name, fitted - t0,
                         timing[name]["groups_seconds"])
+        crbm = None
+        if config.crbm_paths:
+            t0 = time.perf_counter()
+            crbm = crbm_taste_paths(data, groups.get(("divergent", 2), [])[:config.n_pairs], config.k)
+            fit_seconds = crbm.pop("fit_seconds")
+            timing["crbm (user orientation, paths only)"] = {
+                "fit_seconds": fit_seconds, "groups_seconds": time.perf_counter() - t0 - fit_seconds}
     return clean_json({
         "protocol": "groups", "dataset": dataset.name, "dataset_checksum": dataset.checksum,
         "config": {**dataclasses.asdict(config), "data_dir": None, "similar_min": SIMILAR_MIN,
                    "divergent_max": DIVERGENT_MAX, "min_common": MIN_COMMON,
                    "n_candidates": int(candidates.size), "n_test_dropped": split.n_dropped,
                    "lambdas": LAMBDAS},
-        "results": results, "interpolation": paths, "timing": {
+        "results": results, "interpolation": paths, "crbm_paths": crbm, "timing": {
             "models": timing, "total_seconds": time.perf_counter() - started},
         "environment": environment(load)})
+
+
+class ScoreCache:
+    """A fitted model whose trained users' scores are computed once: every cell and strategy
+    asks for the same users' score rows again. Everything else is the model's own."""
+
+    #: users x items scores held at most (float32), else every call goes to the model
+    MAX_ENTRIES = 50_000_000
+
+    def __init__(self, model):
+        self._model = model
+        self._scores = None
+        if model.n_users * model.n_items <= self.MAX_ENTRIES:
+            self._scores = np.asarray(model.score(np.arange(model.n_users)), dtype=np.float32)
+
+    def score(self, user_ids, user_items=None):
+        if user_items is not None or self._scores is None:
+            return self._model.score(user_ids, user_items)
+        return self._scores[np.asarray(user_ids, dtype=np.int64)]
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
 
 
 def evaluate_cell(model, name: str, groups: list[np.ndarray], history, test, config: GroupsConfig,
@@ -157,6 +190,22 @@ def interpolation_paths(model, pairs: list[np.ndarray], history, k: int) -> list
             entry["max_energy_gap"] = max(vector_gap(model, pair, lam) for lam in LAMBDAS)
         out.append(entry)
     return out
+
+
+#: the CRBM of the taste paths: its tuned options with one visible state per user, fitted on
+#: train for a fixed number of epochs (the paths show a property of the energy, not accuracy)
+CRBM_PATH_OPTIONS = {"orientation": "user", "epochs": 15}
+
+
+def crbm_taste_paths(data: runner.PreparedData, pairs: list[np.ndarray], k: int) -> dict[str, Any]:
+    """Fit a user-oriented CRBM (tuned options with :data:`CRBM_PATH_OPTIONS`) on train and trace
+    the energy path and the data path (``models.crbm_paths``) for each pair."""
+    from recsys_ebm.experiments.tuning import fit_on_train
+    from recsys_ebm.models.crbm_paths import crbm_paths
+
+    model, fitted = fit_on_train("crbm", {**tuned_defaults("crbm"), **CRBM_PATH_OPTIONS}, data.train)
+    return {"options": CRBM_PATH_OPTIONS, "fit_seconds": fitted,
+            "pairs": [crbm_paths(model, int(u), int(v), LAMBDAS, k) for u, v in pairs]}
 
 
 def vector_gap(model, pair: np.ndarray, lam: float) -> float:

@@ -143,11 +143,66 @@ def plot_interpolation(document: dict) -> bytes | None:
     return buffer.getvalue()
 
 
+def crbm_section(document: dict, plot_name: str | None) -> list[str]:
+    """The user-oriented CRBM's energy path against its data path."""
+    crbm = document.get("crbm_paths")
+    if not crbm or not crbm.get("pairs"):
+        return []
+    lambdas = crbm["pairs"][0]["lambdas"]
+    middle = [i for i, lam in enumerate(lambdas) if 0 < lam < 1]
+    out = ["### The CRBM: interpolating energies is not interpolating data", "",
+           "A CRBM's free energy F(V) is not linear in the visible state V, so mixing two users' "
+           "energies (the *energy path*: F_E = (1 − λ) F(V_u) + λ F(V_v), item predictions the product "
+           "of the two users' predictive distributions) and mixing their data (the *data path*: the "
+           "soft visible state V_λ = (1 − λ) V_u + λ V_v, F(V_λ), predictions given V_λ) are two "
+           "different paths. F is concave in V (it is linear minus a sum of softplus of affine "
+           "functions), so the data path's free energy lies above the energy path's between the ends. "
+           f"A CRBM with its tuned options except {crbm['options']} (fitted on train, no early "
+           "stopping: the paths show a property of the energy, not accuracy), same split and pairs:", "",
+           "| pair | max F(V_λ) − F_E(λ) over 0 < λ < 1 | min overlap@10 of the two paths' lists | "
+           "largest gap in log p over items and levels |", "|---|---|---|---|"]
+    for pair in crbm["pairs"]:
+        gap = max(pair["free_energy_data"][i] - pair["free_energy_mix"][i] for i in middle)
+        overlap = min(pair["overlap_paths"][i] for i in middle)
+        out.append(f"| u{pair['users'][0]}, u{pair['users'][1]} | {gap:.3f} | {overlap:.1f} | "
+                   f"{max(pair['max_log_p_gap']):.3f} |")
+    if plot_name:
+        out += ["", f"![CRBM paths]({plot_name})"]
+    return [*out, ""]
+
+
+def plot_crbm_paths(document: dict) -> bytes | None:
+    """Free energy along both paths, and the overlap of the two paths' lists, per pair."""
+    crbm = document.get("crbm_paths")
+    if not crbm or not crbm.get("pairs"):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for n, pair in enumerate(crbm["pairs"]):
+        line, = left.plot(pair["lambdas"], pair["free_energy_data"], marker="o", label=f"pair {n + 1}: data path F(V_λ)")
+        left.plot(pair["lambdas"], pair["free_energy_mix"], linestyle="--", color=line.get_color(),
+                  label=f"pair {n + 1}: energy path")
+        right.plot(pair["lambdas"], pair["overlap_paths"], marker="o", color=line.get_color(), label=f"pair {n + 1}")
+    left.set(xlabel="λ", ylabel="free energy", title="CRBM: F along the two paths")
+    right.set(xlabel="λ", ylabel="overlap@10", ylim=(-0.02, 1.02), title="energy-path list vs data-path list")
+    left.legend(fontsize=7)
+    right.legend(fontsize=7)
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=72)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 def _load(value) -> str:
     return "unknown" if value is None else f"{value:.1f}"
 
 
-def render(document: dict, plot_name: str | None) -> str:
+def render(document: dict, plot_name: str | None, crbm_plot: str | None = None) -> str:
     cfg, env = document["config"], document["environment"]
     models = list(dict.fromkeys(row["model"] for row in document["results"]))
     lines = [
@@ -197,7 +252,8 @@ def render(document: dict, plot_name: str | None) -> str:
                          "over every item, pair and λ.")
     if plot_name:
         lines += ["", f"![taste interpolation]({plot_name})"]
-    lines += ["", "## All cells", ""]
+    lines += ["", *crbm_section(document, crbm_plot)]
+    lines += ["## All cells", ""]
     for model in models:
         lines += full_table(document, model)
     lines += ["## Timing", "", "| model | fit (s) | groups (s) |", "|---|---|---|"]
@@ -207,12 +263,13 @@ def render(document: dict, plot_name: str | None) -> str:
 
 
 def write_markdown(document: dict[str, Any], path: Path) -> list[Path]:
-    """``path`` (Markdown) and ``<stem>-interpolation.png`` beside it."""
-    png = plot_interpolation(document)
-    plot_path = path.with_name(f"{path.stem}-interpolation.png")
-    written = []
-    if png is not None:
-        atomic_write_bytes(plot_path, png)
-        written.append(plot_path)
-    atomic_write_bytes(path, render(document, plot_path.name if png is not None else None).encode())
+    """``path`` (Markdown) and ``<stem>-interpolation.png`` (and ``<stem>-crbm-paths.png``) beside it."""
+    written, names = [], []
+    for suffix, plot in (("interpolation", plot_interpolation), ("crbm-paths", plot_crbm_paths)):
+        png, plot_path = plot(document), path.with_name(f"{path.stem}-{suffix}.png")
+        names.append(None if png is None else plot_path.name)
+        if png is not None:
+            atomic_write_bytes(plot_path, png)
+            written.append(plot_path)
+    atomic_write_bytes(path, render(document, *names).encode())
     return [path, *written]
