@@ -154,10 +154,17 @@ def evaluate_cell(model, name: str, groups: list[np.ndarray], history, test, con
         return [_row(name, s, group_type, size, None, None) for s in config.strategies]
     measures = {}
     for strategy in config.strategies:
+        if strategy == "pseudo-user" and model.fits_ratings:
+            continue  # the union of rating histories is not one user's ratings
         ids, _ = recommend_groups(model, groups, config.k, strategy=strategy, user_items=history)
         measures[strategy] = group_measures(member_ndcg(ids, groups, test, config.k))
-    return [_row(name, s, group_type, size, measures[s], measures[REFERENCE])
-            for s in config.strategies]
+    rows = []
+    for s in config.strategies:
+        row = _row(name, s, group_type, size, measures.get(s), measures[REFERENCE])
+        if s not in measures:
+            row["note"] = "not served: the model fits ratings"
+        rows.append(row)
+    return rows
 
 
 def _row(model: str, strategy: str, group_type: str, size: int, measures, reference) -> dict[str, Any]:

@@ -91,7 +91,8 @@ def counts(document: dict) -> list[str]:
     sizes = document["config"]["sizes"]
     seen: dict[str, dict[int, int]] = {}
     for row in document["results"]:
-        seen.setdefault(row["group_type"], {})[row["size"]] = row["n_groups"]
+        by_size = seen.setdefault(row["group_type"], {})
+        by_size[row["size"]] = max(by_size.get(row["size"], 0), row["n_groups"])
     out = ["| type | " + " | ".join(f"size {s}" for s in sizes) + " |", "|---|" + "---|" * len(sizes)]
     for group_type, by_size in seen.items():
         out.append(f"| {group_type} | " + " | ".join(str(by_size.get(s, 0)) for s in sizes) + " |")
@@ -107,7 +108,7 @@ def full_table(document: dict, model: str) -> list[str]:
             continue
         for strategy, row in rows.items():
             if row["n_groups"] == 0:
-                out.append(f"| {group_type} | {size} | {strategy} | – | – | – | – | – | – | 0 |")
+                out.append(f"| {group_type} | {size} | {strategy} | {row.get('note', '–')} | – | – | – | – | – | 0 |")
                 continue
             out.append(f"| {group_type} | {size} | {strategy} | {row['ndcg@10_mean']:.4f} | "
                        f"{_ci(row, 'ndcg@10_mean')} | {row['ndcg@10_min']:.4f} | {_ci(row, 'ndcg@10_min')} | "
