@@ -70,6 +70,31 @@ def target_divergent(document: dict) -> list[str]:
     return out
 
 
+def summary(document: dict) -> list[str]:
+    """Per model, in how many cells each target holds."""
+    out = ["| model | target 1: PoE matches the best classical strategy (random groups) | "
+           "target 2: PoE beats average on min NDCG@10 (divergent groups, CI excludes 0) | "
+           "PoE min NDCG@10 ≥ average's (point estimate) |", "|---|---|---|---|"]
+    tallies: dict[str, list[int]] = {}
+    for (model, group_type, _), rows in _cells(document).items():
+        tally = tallies.setdefault(model, [0, 0, 0, 0, 0])
+        if rows["poe"]["n_groups"] == 0:
+            continue
+        if group_type == "random":
+            best = max((s for s in CLASSICAL if s in rows), key=lambda s: rows[s]["ndcg@10_mean"])
+            tally[0] += rows[best]["ndcg@10_mean_vs_poe"]["low"] <= 0
+            tally[1] += 1
+        elif group_type == "divergent" and "average" in rows:
+            ci = rows["average"]["ndcg@10_min_vs_poe"]
+            tally[2] += ci["high"] < 0
+            tally[3] += ci["diff"] <= 0
+            tally[4] += 1
+    for model, (met, n_random, beats, higher, n_divergent) in tallies.items():
+        out.append(f"| `{model}` | {met} of {n_random} sizes | {beats} of {n_divergent} sizes | "
+                   f"{higher} of {n_divergent} sizes |")
+    return out
+
+
 def losses(document: dict) -> list[str]:
     """Every (model, type, size, strategy, metric) where a strategy beats PoE outside the CI."""
     out = []
@@ -234,6 +259,7 @@ def render(document: dict, plot_name: str | None, crbm_plot: str | None = None) 
         "member in the gauge −log p_u; **borda** count; **pseudo-user**: the union of the members' "
         "training items folded in as one new user. For EASE and ALS the score plays the role of −E.",
         "", "## Groups found", "", *counts(document), "",
+        "## Summary", "", *summary(document), "",
         "## Target 1: random groups, PoE vs the best classical strategy (mean member NDCG@10)", "",
         "PoE matches when the paired 95% CI of (best classical − PoE) reaches 0 or below.", "",
         *target_random(document), "",
