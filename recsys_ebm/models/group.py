@@ -5,7 +5,8 @@ users by a strategy of :mod:`recsys_ebm.ranking.compose`:
 
 * the score strategies compose the members' ``score`` rows; for vector models (``user_vectors``
   with ``item_vectors`` / ``item_biases``) the product of experts is served as one mixed user
-  vector through the factored kernel instead;
+  vector through the factored kernel instead (exactly, also for a model served through a FAISS
+  index);
 * ``pseudo-user`` folds the union of the members' histories in as one new user (the model's own
   fold-in, as ``recommend(fold_in=True)``); for implicit-feedback models only.
 
