@@ -31,7 +31,7 @@ BENCH_ARGS ?=
 help:
 	@echo "make train    [DATASET=movielens VARIANT=100k MODEL=dpebm DATA_DIR=... ARGS=...]"
 	@echo "make train-production  the same, then fitted on every interaction: the model to serve"
-	@echo "make evaluate [PROTOCOL=random|temporal|loo|strong|ratings MODELS=dpebm,ease ...]  -> reports/<dataset>/<protocol>.md"
+	@echo "make evaluate [PROTOCOL=random|temporal|loo|strong|ratings|groups MODELS=dpebm,ease ...]  -> reports/<dataset>/<protocol>.md"
 	@echo "              every model tuned on validation, refit, 3 seeds; + .json and PNG plots"
 	@echo "make evaluate-model [MODEL=dpebm PROTOCOL=random]  -> reports/<dataset>/<model>-<protocol>.json"
 	@echo "make export   [K=100 OUTPUT=...parquet|.csv ARGS='--temperature 0.5 --seed 1' ...]"
@@ -62,9 +62,16 @@ train-production: $(STAMP)
 		--output-dir outputs/$(DATASET)-$(VARIANT)/$(MODEL)-production $(ARGS)
 
 # the model comparison report (recsys_ebm/experiments/report.py)
+# PROTOCOL=groups: the group protocol (recsys_ebm/experiments/groups.py) -> groups.md + .json + plot
+comma := ,
 evaluate: $(BENCH_STAMP)
+ifeq ($(PROTOCOL),groups)
+	$(BIN)/recsys-ebm groups $(DATA_FLAGS) $(foreach m,$(subst $(comma), ,$(MODELS)),--model $(m)) \
+		--json $(REPORT_DIR)/groups.json --markdown $(REPORT_DIR)/groups.md $(ARGS)
+else
 	$(BIN)/recsys-ebm report $(DATA_FLAGS) --protocol $(PROTOCOL) \
 		$(if $(MODELS),--models $(MODELS),) $(ARGS)
+endif
 
 # one model through the single-model path (train split -> validation -> refit -> test)
 evaluate-model: $(BENCH_STAMP)

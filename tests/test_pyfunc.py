@@ -72,13 +72,19 @@ def _pyfunc(run: dict):
             mlflow.set_tracking_uri(None)
 
 
-def _expected(run: dict, request: int, *, user=None, history=None, ratings=None, k=10,
-              temperature=0.0, seed=0) -> pd.DataFrame:
-    """What Python `model.recommend` answers for one request, in the pyfunc's output form."""
+def _expected(run: dict, request: int, *, user=None, history=None, ratings=None, group=None,
+              strategy=None, weights=None, k=10, temperature=0.0, seed=0) -> pd.DataFrame:
+    """What Python `model.recommend` (`recommend_group` for a group) answers for one request,
+    in the pyfunc's output form."""
     model = load_model(run["out"])
     user_map, item_map = saved_id_maps(model, run["out"])
     options = {"k": k, "temperature": temperature, "rng": seed}
-    if user is not None:
+    if group is not None:
+        members = user_map.to_index(np.array([int(u) for u in group]))
+        ids, scores = model.recommend_group(members, k, strategy=strategy or "poe", weights=weights,
+                                            temperature=temperature, rng=seed)
+        ids, scores, user = ids[None], scores[None], ",".join(group)
+    elif user is not None:
         ids, scores = model.recommend(user_map.to_index(np.array([int(user)])), **options)
     else:
         items = item_map.to_index(np.array([int(i) for i in history]))
@@ -97,6 +103,14 @@ def _requests() -> tuple[pd.DataFrame, list[pd.DataFrame]]:
     rows.append({"user_id": None, "history": HISTORY, "k": 7, "temperature": 0.0, "seed": 0})
     rows.append({"user_id": "196", "history": None, "k": 5, "temperature": 0.7, "seed": 11})
     rows.append({"user_id": None, "history": HISTORY, "k": 6, "temperature": 1.5, "seed": 3})
+    for row in rows:
+        row.update(group=None, strategy=None, weights=None)
+    base = {"user_id": None, "history": None, "k": 8, "temperature": 0.0, "seed": 0}
+    rows.append({**base, "group": ["1", "196", "405"], "strategy": "poe", "weights": None})
+    rows.append({**base, "group": ["196", "943"], "strategy": "borda", "weights": None})
+    rows.append({**base, "group": ["1", "405"], "strategy": None, "weights": [0.7, 0.3]})  # a taste mix
+    rows.append({**base, "group": ["1", "196"], "strategy": "average", "weights": None,
+                 "temperature": 0.6, "seed": 5})
     return pd.DataFrame(rows), rows
 
 
@@ -105,8 +119,9 @@ def _check_answers(run: dict, answer: pd.DataFrame, rows: list[dict]) -> None:
     for request, row in enumerate(rows):
         got = answer[answer["request"] == request].reset_index(drop=True)
         want = _expected(run, request, user=row["user_id"], history=row["history"],
-                         ratings=row.get("ratings"), k=row["k"], temperature=row["temperature"],
-                         seed=row["seed"])
+                         ratings=row.get("ratings"), group=row.get("group"),
+                         strategy=row.get("strategy"), weights=row.get("weights"), k=row["k"],
+                         temperature=row["temperature"], seed=row["seed"])
         assert got["item_id"].tolist() == want["item_id"].tolist(), request
         assert got["rank"].tolist() == want["rank"].tolist()
         # a JSON null read back into a frame may be NaN
@@ -157,8 +172,18 @@ def test_defaults_and_clear_errors(ease_run):
         model.predict(pd.DataFrame({"user_id": ["99999"]}))
     with pytest.raises(MlflowException, match="777777"):
         model.predict(pd.DataFrame({"history": [["50", "777777"]]}))
-    with pytest.raises(MlflowException, match="either user_id or history"):
+    with pytest.raises(MlflowException, match="exactly one of user_id, history or group"):
         model.predict(pd.DataFrame({"user_id": ["196"], "history": [["50"]]}))
+    with pytest.raises(MlflowException, match="exactly one of user_id, history or group"):
+        model.predict(pd.DataFrame({"user_id": ["196"], "group": [["1", "5"]]}))
+    with pytest.raises(MlflowException, match="unknown group strategy 'dictator'"):
+        model.predict(pd.DataFrame({"group": [["1", "5"]], "strategy": ["dictator"]}))
+    with pytest.raises(MlflowException, match="3 weights for 2 members"):
+        model.predict(pd.DataFrame({"group": [["1", "5"]], "weights": [[1.0, 2.0, 3.0]]}))
+    with pytest.raises(MlflowException, match="group: .*99999"):
+        model.predict(pd.DataFrame({"group": [["1", "99999"]]}))
+    with pytest.raises(MlflowException, match="strategy and weights are for a group"):
+        model.predict(pd.DataFrame({"user_id": ["196"], "strategy": ["borda"]}))
 
 
 def test_run_records_dataset_figures_signature_and_registration(ease_run):
@@ -171,7 +196,8 @@ def test_run_records_dataset_figures_signature_and_registration(ease_run):
     figures = {a.path for a in client.list_artifacts(run_id, "figures")}
     assert "figures/energy_histogram.png" in figures
     signature = _pyfunc(ease_run).metadata.signature
-    assert signature.inputs.input_names() == ["user_id", "history", "k", "temperature", "seed"]
+    assert signature.inputs.input_names() == ["user_id", "history", "k", "temperature", "seed",
+                                              "group", "strategy", "weights"]
     assert signature.outputs.input_names() == ["request", "user_id", "rank", "item_id", "score"]
     (version,) = client.search_model_versions("name = 'recs'")
     assert version.run_id == run_id

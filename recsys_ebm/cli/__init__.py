@@ -1,4 +1,5 @@
-"""``recsys-ebm``: train, evaluate, recommend, export, anomaly and report from the command line.
+"""``recsys-ebm``: train, evaluate, recommend, export, anomaly, report, groups and explore from
+the command line.
 
 One module per group of subcommands, each with its parser and its handler; ``common`` holds
 the argument groups they share. Only this package configures logging handlers and writes to
@@ -11,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from recsys_ebm.cli import anomaly, explore, export, report, train
+from recsys_ebm.cli import anomaly, explore, export, groups, report, train
 from recsys_ebm.errors import (
     ConcurrentWriteError,
     DataError,
@@ -23,9 +24,9 @@ from recsys_ebm.errors import (
 
 logger = logging.getLogger("recsys_ebm.cli")
 
-COMMANDS = {"train": train.cmd_train, "evaluate": train.cmd_evaluate, "recommend": train.cmd_recommend,
+COMMANDS = {"train": train.cmd_train, "evaluate": train.cmd_evaluate, "recommend": groups.cmd_recommend_any,
             "anomaly": anomaly.cmd_anomaly, "export": export.cmd_export, "report": report.cmd_report,
-            "explore": explore.cmd_explore}
+            "groups": groups.cmd_groups, "explore": explore.cmd_explore}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     anomaly.add_parser(sub, common)
     export.add_parser(sub, common)
     report.add_parser(sub, common)
+    groups.add_parser(sub, common)
     explore.add_parser(sub, common)
     return parser
 

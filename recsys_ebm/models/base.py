@@ -216,6 +216,26 @@ class Recommender(ABC):
             return ids, scores, np.where(ids >= 0, np.exp(log_p), np.nan)
         return ids, scores
 
+    def recommend_group(self, user_ids, k: int = 10, *, strategy: str = "poe", weights=None,
+                        **options) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (or sampled) items for the group of trained users ``user_ids``: ids (k,) and
+        scores (k,). Strategies, weights, the group's seen set and its sampling key are those
+        of :func:`recsys_ebm.models.group.recommend_groups`, which takes the other options."""
+        from recsys_ebm.models.group import recommend_groups
+
+        ids, scores = recommend_groups(self, [user_ids], k, strategy=strategy,
+                                       weights=None if weights is None else [weights], **options)
+        return ids[0], scores[0]
+
+    def recommend_mix(self, user_ids, weights, k: int = 10, **options) -> tuple[np.ndarray, np.ndarray]:
+        """The taste mix E = Σ_u w_u E(u, ·) of trained users (a product of experts): for two
+        users a number λ means weights (1 − λ, λ). Returns ids (k,) and scores (k,)."""
+        from recsys_ebm.ranking.compose import mix_weights
+
+        if np.ndim(weights) == 0:
+            weights = mix_weights(weights)
+        return self.recommend_group(user_ids, k, strategy="poe", weights=weights, **options)
+
     def _seen_rows(self, user_ids: np.ndarray) -> sp.csr_matrix | None:
         """The seen set's rows of trained users (None when the model has no seen set)."""
         if self.seen_items is None:

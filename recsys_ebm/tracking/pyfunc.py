@@ -7,17 +7,24 @@ Input: a pandas DataFrame, one request per row (every column optional):
 * ``ratings`` (list of floats, parallel to ``history``; MLflow's schema check refuses JSON
   integers there, write ``4.0``): required for rating models (``fits_ratings``, e.g. crbm),
   refused by the others;
+* ``group`` (list of strings): raw ids of trained users watching together, with ``strategy``
+  (string, default ``"poe"``: the product of experts; or ``average``, ``least-misery``,
+  ``most-pleasure``, ``borda``, ``pseudo-user``) and ``weights`` (list of floats parallel to
+  ``group``, default equal; a two-user taste mix is ``weights = [1 - λ, λ]``);
 * ``k`` (int, default 10), ``temperature`` (float, default 0 = exact ranking; > 0 samples from
   softmax(score / T)), ``seed`` (int, default 0: the sampling seed).
 
-A row gives ``user_id`` or ``history``, not both. A column given must have a value in every row;
-only ``user_id``, ``history`` and ``ratings`` may be None (JSON null; a missing key, which pandas
-reads as NaN, fails MLflow's schema check). Output: a DataFrame with one row per
+A row gives exactly one of ``user_id``, ``history`` and ``group``. A column given must have a
+value in every row; only ``user_id``, ``history``, ``ratings``, ``group``, ``strategy`` and
+``weights`` may be None (JSON null; a missing key, which pandas reads as NaN, fails MLflow's
+schema check). Output: a DataFrame with one row per
 recommended item, columns ``request`` (row index of the input), ``user_id`` (as given; None for
-a history), ``rank`` (1 = best), ``item_id`` (raw id, as text) and ``score`` (the model's score,
-i.e. minus the energy). Each request is exactly ``model.recommend([user], k=k,
-temperature=temperature, rng=seed)`` (``fold_in=True`` on a 1 x n_items history row for new
-users), items the user already has left out. An unknown user or item, or a malformed row,
+a history, the members joined by commas for a group), ``rank`` (1 = best), ``item_id`` (raw id,
+as text) and ``score`` (the model's score, i.e. minus the energy; the composed score for a
+group). Each request is exactly ``model.recommend([user], k=k, temperature=temperature,
+rng=seed)`` (``fold_in=True`` on a 1 x n_items history row for new users; for a group
+``model.recommend_group(members, k, strategy=..., weights=...)``), items the user (any member)
+already has left out. An unknown user or item, or a malformed row,
 raises ``MlflowException`` (HTTP 400 from ``mlflow models serve``) naming the id and the row.
 
 This package imports no model code: whoever logs the model passes the functions that load a
@@ -92,8 +99,9 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
         return copy
 
     def input_example(self, n_history: int = 3) -> pd.DataFrame:
-        """Two requests: the first trained user, and a new user who has that user's first
-        ``n_history`` items (rated the middle of the ratings seen in training)."""
+        """Three requests: the first trained user, a new user who has that user's first
+        ``n_history`` items (rated the middle of the ratings seen in training), and the group
+        of the first two trained users."""
         model, user_map, item_map = self._state()
         seen = getattr(model, "seen_items", None)
         items = (seen[0].indices[:n_history] if seen is not None and seen[0].nnz
@@ -102,10 +110,13 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
         row = {"user_id": None, "history": history, "k": 5, "temperature": 0.0, "seed": 0}
         if getattr(model, "fits_ratings", False):
             row["ratings"] = [float(_example_rating(model))] * len(history)
+        row.update(group=None, strategy=None, weights=None)
         first = {**row, "user_id": str(user_map.raw_ids[0]), "history": None}
         if "ratings" in row:
             first["ratings"] = None
-        return pd.DataFrame([first, row])
+        pair = [str(raw) for raw in user_map.raw_ids[:2]]
+        group = {**first, "user_id": None, "group": pair, "strategy": "poe", "weights": [0.5, 0.5]}
+        return pd.DataFrame([first, row, group])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         """The recommendations of every request row (module docstring); ``context`` and
@@ -127,13 +138,19 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
     def _answer(self, request: int, row: pd.Series) -> pd.DataFrame:
         """Recommendations for one input row as output rows."""
         model, user_map, item_map = self._state()
-        user, history = row.get("user_id"), row.get("history")
-        has_user, has_history = not _missing(user), not _missing(history)
-        if has_user == has_history:
-            raise _bad_request(f"request {request}: give either user_id or history "
-                               f"(got {'both' if has_user else 'neither'})")
+        user, history, group = row.get("user_id"), row.get("history"), row.get("group")
+        has_user, has_history, has_group = not _missing(user), not _missing(history), not _missing(group)
+        given = int(has_user) + int(has_history) + int(has_group)
+        if given != 1:
+            raise _bad_request(f"request {request}: give exactly one of user_id, history or group "
+                               f"(got {'none' if given == 0 else given})")
         options = _options(request, row)
-        if has_user:
+        if not has_group and not (_missing(row.get("strategy")) and _missing(row.get("weights"))):
+            raise _bad_request(f"request {request}: strategy and weights are for a group")
+        if has_group:
+            ids, scores, user = self._group(request, row, group, options)
+            has_user = True
+        elif has_user:
             users = self._indices(user_map, [str(user)], f"request {request}: user_id")
             ids, scores = model.recommend(users, **options)
         else:
@@ -147,6 +164,21 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
             "rank": np.arange(1, len(items) + 1, dtype=np.int64),
             "item_id": pd.Series([str(raw) for raw in items], dtype=object),
             "score": scores[0][keep].astype(np.float64)})
+
+    def _group(self, request: int, row: pd.Series, group, options: dict) -> tuple:
+        """``recommend_group`` for a request naming a group: ids (1, k), scores (1, k), label."""
+        model, user_map, _ = self._state()
+        raw = [str(u) for u in group]
+        members = self._indices(user_map, raw, f"request {request}: group")
+        strategy, weights = row.get("strategy"), row.get("weights")
+        try:
+            ids, scores = model.recommend_group(
+                members, options["k"], strategy="poe" if _missing(strategy) else str(strategy),
+                weights=None if _missing(weights) else [float(w) for w in weights],
+                temperature=options["temperature"], rng=options["rng"])
+        except (IndexError, TypeError, ValueError) as exc:
+            raise _bad_request(f"request {request}: {exc}") from None
+        return ids[None], scores[None], ",".join(raw)
 
     def _indices(self, id_map, raw_ids: list[str], what: str) -> np.ndarray:
         try:
