@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import yaml
 from conftest import free_port, stop_process_group, wait_until_ready
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -201,6 +203,31 @@ def test_run_records_dataset_figures_signature_and_registration(ease_run):
     assert signature.outputs.input_names() == ["request", "user_id", "rank", "item_id", "score"]
     (version,) = client.search_model_versions("name = 'recs'")
     assert version.run_id == run_id
+
+
+def test_logged_model_holds_no_pickle_and_refuses_a_tampered_artifact(ease_run, tmp_path):
+    """Logged from code: source plus the saved model directory, whose manifest's SHA-256s the
+    toolkit's `load_model` checks when MLflow loads the model."""
+    client = ease_run["client"]
+    (logged,) = client.search_logged_models([client.get_experiment_by_name("recsys_ebm").experiment_id])
+    # the store's artifacts are local files: a copy of the logged model, to tamper with
+    local = Path(shutil.copytree(logged.artifact_location, tmp_path / "logged"))
+    files = [p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()]
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))], files
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert "python_model" not in flavor and flavor["model_code_path"].endswith("recommender_code.py")
+    assert flavor["config"]["load_model"] == "recsys_ebm.models:load_model"
+    answer = mlflow.pyfunc.load_model(str(local)).predict(pd.DataFrame({"user_id": ["196"]}))
+    assert answer["item_id"].tolist() == _expected(ease_run, 0, user="196")["item_id"].tolist()
+
+    artifact = local / flavor["artifacts"]["model"]["path"]
+    manifest = json.loads((artifact / "manifest.json").read_text())["files"]
+    target = max((artifact / name for name in manifest), key=lambda f: f.stat().st_size)  # weights
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="does not match its manifest"):
+        mlflow.pyfunc.load_model(str(local))
 
 
 @pytest.fixture

@@ -27,17 +27,25 @@ rng=seed)`` (``fold_in=True`` on a 1 x n_items history row for new users; for a 
 already has left out. An unknown user or item, or a malformed row,
 raises ``MlflowException`` (HTTP 400 from ``mlflow models serve``) naming the id and the row.
 
-This package imports no model code: whoever logs the model passes the functions that load a
-saved model directory and its id maps (``recsys_ebm.models.load_model`` and
-``recsys_ebm.experiments.jobs.saved_id_maps`` / ``raw_to_index`` for ``recsys-ebm train``).
-They are pickled by reference, so the serving process needs recsys_ebm importable.
+Nothing is pickled. The model is logged "from code" (MLflow's models from code): the logged
+model holds the source file :mod:`recsys_ebm.tracking.recommender_code`, which builds a
+:class:`RecommenderModel` with ``mlflow.models.set_model``, and the saved model directory as an
+artifact. This package imports no model code: whoever logs the model names the functions that
+load a saved model directory and its id maps (``recsys_ebm.models:load_model`` and
+``recsys_ebm.experiments.jobs:saved_id_maps`` / ``raw_to_index`` for ``recsys-ebm train``) in the
+model's ``model_config`` (:func:`loader_config`); ``load_context`` imports them by name (only
+from recsys_ebm) and loads the artifact with the toolkit's ``load_model``, which checks every
+file against the SHA-256s of its manifest before use. The serving process needs recsys_ebm
+importable.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -69,27 +77,69 @@ def _missing(value: Any) -> bool:
         return False
 
 
+#: The logged model's source (read by MLflow, never imported by the toolkit).
+MODEL_CODE = Path(__file__).with_name("recommender_code.py")
+#: The loaders a :class:`RecommenderModel` needs, as ``model_config`` names them.
+LOADERS = ("load_model", "id_maps", "to_index")
+#: The one package loaders may be imported from.
+LOADER_PACKAGE = "recsys_ebm"
+
+
+def loader_config(**loaders: Callable) -> dict[str, str]:
+    """The ``model_config`` of a logged model: each loader of :data:`LOADERS` as
+    ``"module:name"``; ``ValueError`` for one that is not a module-level recsys_ebm function."""
+    if set(loaders) != set(LOADERS):
+        raise ValueError(f"give exactly the loaders {', '.join(LOADERS)}; got {sorted(loaders)}")
+    config = {}
+    for key, function in loaders.items():
+        name = f"{function.__module__}:{function.__qualname__}"
+        if resolve_loader(name) is not function:
+            raise ValueError(f"loader {key} ({name}) cannot be imported by that name")
+        config[key] = name
+    return config
+
+
+def resolve_loader(name: str) -> Callable:
+    """The function named ``"module:name"``, imported from recsys_ebm only (``ValueError``
+    otherwise: a logged model's config never imports code from elsewhere)."""
+    module, _, attribute = str(name).partition(":")
+    if not attribute or (module != LOADER_PACKAGE and not module.startswith(LOADER_PACKAGE + ".")):
+        raise ValueError(f"loader {name!r}: must be 'module:function' inside {LOADER_PACKAGE}")
+    function = getattr(importlib.import_module(module), attribute, None)
+    if not callable(function):
+        raise ValueError(f"loader {name!r}: {module} has no function {attribute}")
+    return function
+
+
 class RecommenderModel(mlflow.pyfunc.PythonModel):
     """Serve ``model.recommend`` for raw user ids and new users' histories (module docstring).
 
     ``load_model(path)`` loads the saved model directory (artifact ``"model"``);
     ``id_maps(model, path)`` returns its (user, item) id maps (``to_index`` / ``to_raw`` /
     ``raw_ids``); ``to_index(id_map, raw_ids, what)`` maps raw ids given as text to indices,
-    raising ``KeyError`` / ``ValueError`` naming ``what`` and the id.
+    raising ``KeyError`` / ``ValueError`` naming ``what`` and the id. Built without them (as
+    the logged code does), ``load_context`` imports them by the names of the model's
+    ``model_config`` (:func:`loader_config`).
     """
 
-    def __init__(self, load_model: Callable, id_maps: Callable, to_index: Callable) -> None:
+    def __init__(self, load_model: Callable | None = None, id_maps: Callable | None = None,
+                 to_index: Callable | None = None) -> None:
         self._load_model = load_model
         self._id_maps = id_maps
         self._to_index = to_index
         self._loaded: tuple | None = None  # (model, user_map, item_map) once load_context ran
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_loaded": None}  # never pickle a loaded model
-
     def load_context(self, context) -> None:
+        if self._load_model is None or self._id_maps is None or self._to_index is None:
+            config = getattr(context, "model_config", None) or {}
+            missing = [key for key in LOADERS if key not in config]
+            if missing:
+                raise MlflowException(f"the logged model's model_config lacks the loader(s) "
+                                      f"{', '.join(missing)}; log it with loader_config(...)")
+            self._load_model, self._id_maps, self._to_index = (
+                resolve_loader(config[key]) for key in LOADERS)
         path = context.artifacts["model"]
-        model = self._load_model(path)
+        model = self._load_model(path)  # checks the manifest's SHA-256s first
         self._loaded = (model, *self._id_maps(model, path))
 
     def loaded(self, model_dir: str) -> RecommenderModel:
@@ -266,7 +316,7 @@ def serving_requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     pins = []
-    for name in ("mlflow", "numpy", "pandas", "scipy", "torch", "cloudpickle"):
+    for name in ("mlflow", "numpy", "pandas", "scipy", "torch"):
         try:
             pins.append(f"{name}=={version(name)}")
         except PackageNotFoundError:

@@ -1,11 +1,9 @@
 """MLflow without its chatter: what a run started with ``--quiet`` keeps off the terminal.
 
 MLflow logs at INFO while it opens a database store ("Creating initial MLflow database
-tables..."), validates the logged model's input example, draws progress bars while it reads the
-logged model back, and warns that the toolkit's pyfunc model is saved with cloudpickle (the
-toolkit's own choice, see :mod:`recsys_ebm.tracking.pyfunc`, not something the user can act
-on). :func:`quiet_mlflow` silences these for the time of a block and puts everything back
-after it; MLflow's other warnings and errors still show.
+tables..."), validates the logged model's input example, and draws progress bars while it
+reads the logged model back. :func:`quiet_mlflow` silences these for the time of a block and
+puts everything back after it; MLflow's warnings and errors still show.
 """
 
 from __future__ import annotations
@@ -19,33 +17,23 @@ from contextlib import contextmanager
 MLFLOW_LOGGERS = ("mlflow", "alembic")
 #: MLflow reads this each time it would draw an artifact progress bar
 PROGRESS_BAR_VARIABLE = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-#: the start of MLflow's warning about a pyfunc model given as a Python object
-_PICKLE_WARNING = "Passing a Python object as `python_model`"
-
-
-class _DropPickleWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(_PICKLE_WARNING)
 
 
 @contextmanager
 def quiet_mlflow() -> Iterator[None]:
-    """Within the block: MLflow's loggers at WARNING, no artifact progress bars, no pickle
-    warning for the toolkit's pyfunc model. Nested blocks restore in turn."""
+    """Within the block: MLflow's loggers at WARNING, no artifact progress bars. Nested
+    blocks restore in turn."""
     loggers = [logging.getLogger(name) for name in MLFLOW_LOGGERS]
     levels = [log.level for log in loggers]
-    pyfunc_logger, drop = logging.getLogger("mlflow.pyfunc"), _DropPickleWarning()
     previous_bar = os.environ.get(PROGRESS_BAR_VARIABLE)
     for log in loggers:
         log.setLevel(max(log.getEffectiveLevel(), logging.WARNING))
-    pyfunc_logger.addFilter(drop)
     os.environ[PROGRESS_BAR_VARIABLE] = "false"
     try:
         yield
     finally:
         for log, level in zip(loggers, levels, strict=True):
             log.setLevel(level)
-        pyfunc_logger.removeFilter(drop)
         if previous_bar is None:
             os.environ.pop(PROGRESS_BAR_VARIABLE, None)
         else:

@@ -408,20 +408,25 @@ class Tracker:
                         register: str | None = None) -> str | None:
         """Log the saved model at ``model_dir`` as an MLflow pyfunc model ``name`` of this run
         (see recsys_ebm.tracking.pyfunc; the loaders are that module's RecommenderModel
-        arguments), with its signature and input example; ``register`` also makes it a version
-        of that registered model. Returns the ``runs:/<run id>/<name>`` URI (None if disabled)."""
+        arguments, module-level recsys_ebm functions: the logged model names them), with its
+        signature and input example; ``register`` also makes it a version of that registered
+        model. Logged from code: the model holds source and the hash-checked model directory,
+        no pickle. Returns the ``runs:/<run id>/<name>`` URI (None if disabled)."""
         if not self.enabled:
             return None
         from mlflow.models import Model
 
         from recsys_ebm.tracking.pyfunc import (
+            MODEL_CODE,
             RecommenderModel,
             example_and_signature,
+            loader_config,
             serving_requirements,
         )
 
         client = self._active()
         python_model = RecommenderModel(load_model, id_maps, to_index)
+        config = loader_config(load_model=load_model, id_maps=id_maps, to_index=to_index)
         example, signature = example_and_signature(python_model, str(model_dir))
         logged = client.create_logged_model(self._experiment_id, name=name,
                                             source_run_id=self.run_id)
@@ -429,8 +434,8 @@ class Tracker:
             for hint in _MODEL_LOG_HINTS:
                 warnings.filterwarnings("ignore", message=hint, category=UserWarning)
             Model.log(None, name=name, flavor=mlflow.pyfunc, run_id=self.run_id,
-                      model_id=logged.model_id, python_model=python_model,
-                      artifacts={"model": str(model_dir)}, signature=signature,
+                      model_id=logged.model_id, python_model=str(MODEL_CODE),
+                      model_config=config, artifacts={"model": str(model_dir)}, signature=signature,
                       input_example=example, pip_requirements=serving_requirements(),
                       registered_model_name=register)
         return f"runs:/{self.run_id}/{name}"
