@@ -152,6 +152,56 @@ def test_explore_serves_recommend_with_its_distribution(explorer):
     assert [i["title"] for i in history["history"]["items"]][0] == "Star Wars (1977)"
 
 
+def _mix_list(explorer: Explorer, user: str, other: str, lam: float, *, k=10, temperature=0.0,
+              seed=0):
+    """What the model's own `recommend_mix` serves for the two users at ``lam``, raw ids."""
+    members = explorer.user_map.to_index(np.array([int(user), int(other)]))
+    ids, _ = explorer.model.recommend_mix(members, lam, k, temperature=temperature, rng=seed)
+    return [str(i) for i in explorer.item_map.to_raw(ids[ids >= 0])]
+
+
+def _listed(answer: dict) -> list[str]:
+    return [i["item_id"] for i in answer["items"]]
+
+
+def test_explore_mixes_two_users_like_recommend_mix(explorer):
+    u, v = "196", "405"
+    for temperature, seed in ((0.0, 0), (1.2, 4)):
+        options = {"k": 8, "temperature": temperature, "seed": seed}
+        alone_u, alone_v = explorer.explore(user=u, **options), explorer.explore(user=v, **options)
+        assert _listed(alone_u) != _listed(alone_v)
+        at_0 = explorer.explore(user=u, mix_with=v, lam=0.0, **options)
+        assert _listed(at_0) == _listed(alone_u)  # λ = 0: u's own list, v takes no part
+        assert at_0["n_eligible"] == alone_u["n_eligible"]
+        np.testing.assert_allclose([i["probability"] for i in at_0["items"]],
+                                   [i["probability"] for i in alone_u["items"]], rtol=1e-4)
+        assert at_0["entropy"] == pytest.approx(alone_u["entropy"], rel=1e-6)
+        assert _listed(explorer.explore(user=u, mix_with=v, lam=1.0, **options)) == _listed(alone_v)
+        mid = explorer.explore(user=u, mix_with=v, lam=0.3, **options)
+        assert _listed(mid) == _mix_list(explorer, u, v, 0.3, k=8, temperature=temperature, seed=seed)
+        assert mid["mix"] == {"user": u, "with": v, "lam": 0.3}
+    # p_T of the mixed energy E = 0.7 E_u + 0.3 E_v over the items neither has, brute force
+    model = explorer.model
+    members = explorer.user_map.to_index(np.array([int(u), int(v)]))
+    scores = 0.7 * model.score(members[:1])[0].astype(np.float64) + 0.3 * model.score(members[1:])[0]
+    seen = np.union1d(model.seen_items[members[0]].indices, model.seen_items[members[1]].indices)
+    scores[seen] = -np.inf
+    p = np.exp(scores / 1.2 - np.logaddexp.reduce(scores / 1.2))
+    listed = explorer.item_map.to_index(np.array([int(i) for i in _listed(mid)]))
+    np.testing.assert_allclose([i["probability"] for i in mid["items"]], p[listed], rtol=1e-4)
+    assert mid["entropy"] == pytest.approx(-(p[p > 0] * np.log(p[p > 0])).sum(), rel=1e-5)
+    assert mid["n_eligible"] == model.n_items - seen.size
+    assert mid["history"]["count"] == seen.size
+    with pytest.raises(ValueError, match="give mix_with"):
+        explorer.explore(user=u, lam=0.5)
+    with pytest.raises(ValueError, match="not a history"):
+        explorer.explore(history=["50"], mix_with=v, lam=0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        explorer.explore(user=u, mix_with=v, lam=1.5)
+    with pytest.raises(KeyError, match="99999"):
+        explorer.explore(user=u, mix_with="99999", lam=0.5)
+
+
 def test_explore_names_what_is_wrong(explorer):
     with pytest.raises(KeyError, match="99999"):
         explorer.explore(user="99999")
@@ -206,6 +256,15 @@ def test_the_json_api_answers_like_recommend(server, explorer):
     assert status == 200
     assert [i["item_id"] for i in got["items"]] == _python_list(
         explorer, user="196", k=7, temperature=1.5, seed=3)
+    mix = {"user": "196", "mix_with": "405", "k": 7, "temperature": 1.5, "seed": 3}
+    for lam, want in ((0.0, _python_list(explorer, user="196", k=7, temperature=1.5, seed=3)),
+                      (1.0, _python_list(explorer, user="405", k=7, temperature=1.5, seed=3)),
+                      (0.4, _mix_list(explorer, "196", "405", 0.4, k=7, temperature=1.5, seed=3))):
+        status, got, _ = _call(server, "/api/recommend", {**mix, "lam": lam})
+        assert status == 200 and _listed(got) == want, lam
+    assert _call(server, "/api/recommend", {**mix, "lam": 1.5})[0] == 422
+    status, error, _ = _call(server, "/api/recommend", {**mix, "mix_with": "196", "lam": 0.5})
+    assert status == 400 and "twice" in json.loads(error)["detail"]
     status, error, _ = _call(server, "/api/recommend", {"user": "99999"})
     assert status == 400 and "99999" in json.loads(error)["detail"]
     assert _call(server, "/api/recommend", {"user": "196", "k": 0})[0] == 422
@@ -269,6 +328,16 @@ def test_the_page_in_chromium_turns_exploratory_with_temperature(server, explore
             assert _shown(page, "user:196|10|1.5|3")["items"] == hot["items"]  # reproducible
             _set_temperature(page, 0.5)
             assert exact["entropy"] < _shown(page, "user:196|10|0.5|3")["entropy"] < hot["entropy"]
+
+            # a second user and the λ slider: the list is recommend_mix at that λ, seeded
+            page.fill("#mix-with", "405")
+            page.evaluate("(v) => { const l = document.getElementById('lam'); l.value = v; "
+                          "l.dispatchEvent(new Event('input')); }", "0.3")
+            mixed = _shown(page, "mix:196+405@0.3|10|0.5|3")
+            assert mixed["items"] == _mix_list(explorer, "196", "405", 0.3, temperature=0.5, seed=3)
+            assert "taste mix of 196 and 405" in page.inner_text("#list-note")
+            page.fill("#mix-with", "")
+            _shown(page, "user:196|10|0.5|3")
 
             page.check("input[name=mode][value=history]")
             for item in ("50 · Star Wars (1977)", "empire strikes back, the (1980)"):

@@ -4,7 +4,7 @@ served by uvicorn on 127.0.0.1 only.
 
 Endpoints: ``GET /`` the page; ``GET /api/info``, ``/api/users``, ``/api/items``; ``POST
 /api/recommend`` with ``{"user": ...}`` or ``{"history": [...]}`` plus ``k``, ``temperature``,
-``seed`` (see :meth:`recsys_ebm.explorer.core.Explorer.explore`). Bad requests answer 400
+``seed``, and for a taste mix of two trained users ``{"user": u, "mix_with": v, "lam": λ}`` (see :meth:`recsys_ebm.explorer.core.Explorer.explore`). Bad requests answer 400
 with ``{"detail": message}``.
 """
 
@@ -35,11 +35,14 @@ SECURITY_HEADERS = {
 
 
 class RecommendBody(BaseModel):
-    """A request of the page: one trained user or one new user's history."""
+    """A request of the page: one trained user, one new user's history, or the taste mix
+    E_λ = (1 − λ) E_user + λ E_mix_with of two trained users."""
 
     user: str | None = None
     history: list[str] | None = None
     ratings: list[float] | None = None
+    mix_with: str | None = None
+    lam: float = Field(0.0, ge=0.0, le=1.0)
     k: int = Field(10, ge=1, le=1000)
     temperature: float = Field(0.0, ge=0.0)
     seed: int = Field(0, ge=0)

@@ -15,6 +15,12 @@ user may receive (every item but the ones they already have), with s = -E the mo
   At T = 0 it is exactly k (the same list every visit). At T > 0 it is the mean over R seeded
   replicates of V lists drawn by :func:`recsys_ebm.ranking.select.select`, with its standard
   error; the same seed gives the same estimate.
+
+A **taste mix** of two trained users u and v (``mix_with`` and ``lam`` = λ in [0, 1]) shows the
+same for the mixed energy E_λ = (1 − λ) E_u + λ E_v: the list is the model's own
+``recommend_mix`` (the product of experts with weights (1 − λ, λ)), the items left out are
+those of the users taking part (both for 0 < λ < 1; u's alone at λ = 0, v's alone at λ = 1,
+as in :mod:`recsys_ebm.models.group`), and p_T ∝ exp(−E_λ / T) over the rest.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from recsys_ebm.errors import DataError, DatasetNotFoundError
 from recsys_ebm.experiments.jobs import raw_to_index, saved_id_maps
 from recsys_ebm.models import load_model
 from recsys_ebm.models.base import Recommender, seed_from
+from recsys_ebm.ranking.compose import compose_scores, mix_weights
 from recsys_ebm.ranking.select import select
 from recsys_ebm.ranking.topk import check_k, check_temperature
 
@@ -92,21 +99,22 @@ class Explorer:
         return None if self.titles is None else self.titles.get(raw_item)
 
     def explore(self, *, user: str | None = None, history: list[str] | None = None,
-                ratings: list[float] | None = None, k: int = 10, temperature: float = 0.0,
+                ratings: list[float] | None = None, mix_with: str | None = None,
+                lam: float = 0.0, k: int = 10, temperature: float = 0.0,
                 seed: int = 0) -> dict[str, Any]:
         """The list, its probabilities, entropy, coverage and energy histogram for one trained
         ``user`` (raw id) or one new user's ``history`` (raw item ids, ``ratings`` parallel to
-        it for rating models), at ``temperature`` with sampling ``seed``."""
+        it for rating models), or the taste mix of ``user`` and the trained user ``mix_with``
+        at ``lam`` (module docstring), at ``temperature`` with sampling ``seed``."""
         k, temperature, seed = check_k(k), check_temperature(temperature), seed_from(seed)
-        users, row, seen = self._who(user, history, ratings)
-        fold_in = row is not None
-        ids, scores, probabilities = self.model.recommend(
-            users, row, k=k, temperature=temperature, rng=seed, fold_in=fold_in,
-            with_probabilities=True)
-        keep = ids[0] >= 0
-        ids, scores, probabilities = ids[0][keep], scores[0][keep], probabilities[0][keep]
-        full = np.array(self.model.score(users, row), dtype=np.float32)[0]
-        full[seen] = -np.inf  # what recommend leaves out
+        if mix_with is None:
+            if lam != 0:
+                raise ValueError("lam is the weight of a second user: give mix_with as well")
+            ids, scores, probabilities, full, seen = self._single(user, history, ratings, k,
+                                                                 temperature, seed)
+        else:
+            ids, scores, probabilities, full, seen = self._mix(user, history, mix_with, lam, k,
+                                                              temperature, seed)
         eligible = full[np.isfinite(full)].astype(np.float64)
         entropy = gibbs_entropy(eligible, temperature)
         raw = [str(i) for i in self.item_map.to_raw(ids)]
@@ -116,6 +124,8 @@ class Explorer:
                       for rank, (item, s, p) in enumerate(zip(raw, scores, probabilities,
                                                               strict=True), start=1)],
             "k": k, "temperature": temperature, "seed": seed,
+            "mix": None if mix_with is None else {"user": user, "with": mix_with,
+                                                  "lam": float(lam)},
             # recommend's probabilities are at T = 1 for the exact ranking (T = 0)
             "probability_temperature": temperature if temperature > 0 else 1.0,
             "n_eligible": int(eligible.size), "entropy": entropy,
@@ -126,6 +136,42 @@ class Explorer:
                       "entropy": [gibbs_entropy(eligible, t) for t in CURVE_TEMPERATURES]},
             "history": self._shown_history(seen),
         }
+
+    def _single(self, user, history, ratings, k, temperature, seed) -> tuple[np.ndarray, ...]:
+        """(ids, scores, probabilities of the list, the full score row with -inf for the
+        items left out, those items) for one user or history, by ``recommend``."""
+        users, row, seen = self._who(user, history, ratings)
+        ids, scores, probabilities = self.model.recommend(
+            users, row, k=k, temperature=temperature, rng=seed, fold_in=row is not None,
+            with_probabilities=True)
+        keep = ids[0] >= 0
+        full = np.array(self.model.score(users, row), dtype=np.float32)[0]
+        full[seen] = -np.inf  # what recommend leaves out
+        return ids[0][keep], scores[0][keep], probabilities[0][keep], full, seen
+
+    def _mix(self, user, history, mix_with, lam, k, temperature, seed) -> tuple[np.ndarray, ...]:
+        """As :meth:`_single` for the taste mix of ``user`` and ``mix_with`` at ``lam``: the
+        list by ``recommend_mix``, the distribution of the mixed energy."""
+        if user is None or history:
+            raise ValueError("a taste mix is of two trained users: give user and mix_with "
+                             "(raw ids), not a history")
+        members = np.asarray(raw_to_index(self.user_map, [user, mix_with], "user"), np.int64)
+        weights = mix_weights(lam)
+        ids, scores = self.model.recommend_mix(members, weights, k, temperature=temperature,
+                                               rng=seed)
+        taking_part, w = members[weights > 0], weights[weights > 0]
+        rows = np.array(self.model.score(taking_part), dtype=np.float32)
+        have = self.model.seen_items
+        seen = (np.empty(0, np.int64) if have is None
+                else np.unique(have[taking_part].indices).astype(np.int64))
+        rows[:, seen] = -np.inf
+        full = compose_scores(rows, "poe", w)
+        p = np.zeros(full.size)
+        finite = np.isfinite(full)
+        p[finite] = gibbs_probabilities(full[finite].astype(np.float64),
+                                        temperature if temperature > 0 else 1.0)
+        keep = ids >= 0
+        return ids[keep], scores[keep], p[ids[keep]], full, seen
 
     def _who(self, user: str | None, history: list[str] | None, ratings: list[float] | None
              ) -> tuple[np.ndarray, sp.csr_matrix | None, np.ndarray]:

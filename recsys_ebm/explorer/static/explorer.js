@@ -52,7 +52,16 @@ function wire() {
     $("temperature-value").textContent = Number(temperature.value).toFixed(2);
     schedule();
   });
-  for (const id of ["k", "seed", "user"]) {
+  const lam = $("lam");
+  lam.addEventListener("input", () => {
+    $("lam-value").textContent = Number(lam.value).toFixed(2);
+    schedule();
+  });
+  const mixWith = $("mix-with");
+  for (const event of ["input", "change"]) {
+    mixWith.addEventListener(event, () => { lam.disabled = !mixWith.value.trim(); });
+  }
+  for (const id of ["k", "seed", "user", "mix-with"]) {
     $(id).addEventListener("input", schedule);
     $(id).addEventListener("change", schedule);
   }
@@ -125,6 +134,12 @@ function currentQuery() {
     query.user = $("user").value.trim();
     if (!query.user) return null;
     who = `user:${query.user}`;
+    const mixWith = $("mix-with").value.trim();
+    if (mixWith) {  // a taste mix of two trained users
+      query.mix_with = mixWith;
+      query.lam = Number($("lam").value);
+      who = `mix:${query.user}+${mixWith}@${query.lam}`;
+    }
   } else {
     if (!state.history.length) return null;
     query.history = state.history.map((entry) => entry.item);
@@ -209,9 +224,10 @@ function drawList(result) {
     return row;
   });
   $("results").querySelector("tbody").replaceChildren(...rows);
-  $("list-note").textContent = result.temperature > 0
+  const mix = result.mix ? `taste mix of ${result.mix.user} and ${result.mix.with} at λ = ${result.mix.lam}; ` : "";
+  $("list-note").textContent = mix + (result.temperature > 0
     ? `sampled at T = ${result.temperature} with seed ${result.seed}; p at T = ${result.temperature}`
-    : "exact top-k at T = 0; p shown at T = 1";
+    : "exact top-k at T = 0; p shown at T = 1");
 }
 
 function formatProbability(p) {
