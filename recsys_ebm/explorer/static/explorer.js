@@ -185,6 +185,8 @@ function render(result, key) {
     return chip;
   });
   $("user-history").querySelector("ul").replaceChildren(...seen);
+  $("user-history").querySelector("h2").firstChild.textContent =
+    result.mix ? "The mixed users already have " : "Already has ";
   const more = result.history.count - result.history.items.length;
   $("history-count").textContent = `(${result.history.count} items${more > 0 ? `, first ${result.history.items.length} shown` : ""})`;
   $("results").dataset.query = key;
