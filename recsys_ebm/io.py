@@ -165,16 +165,18 @@ def _read_weights(weights_file: Path) -> SavedTensors:
 
 def read_model_name(path: str | Path) -> str:
     """The model name recorded in a saved directory's config.json (reads no weights); a
-    directory left aside by an interrupted save is put back first."""
+    directory left aside by an interrupted save is put back first, and the manifest is
+    verified before config.json is read."""
     if not Path(path).exists():
         recover(Path(path).absolute(), is_model_dir)
     config_file = Path(path) / CONFIG_FILE
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} is not a saved model: {CONFIG_FILE} is missing")
+    verify_manifest(Path(path))
     try:
-        return json.loads(config_file.read_text())["model"]
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise ValueError(f"{config_file}: no model name ({exc!r})") from exc
+        return json.loads(config_file.read_text(encoding="utf-8"))["model"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ModelFileError(f"{config_file}: no model name ({exc!r})") from exc
 
 
 #: the training interactions saved beside a model by ``recsys-ebm train`` (binary CSR, .npz)

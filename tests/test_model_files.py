@@ -55,6 +55,14 @@ def test_flipped_bytes_in_the_weights_are_caught(saved):
         load_model(saved)
 
 
+@pytest.mark.parametrize("content", [b"\xff\xfe not text", b'{"model": "ease"}'])
+def test_a_changed_config_is_caught_before_it_is_read(saved, content):
+    # config.json names the class that loads the rest: it is checked against the manifest first
+    (saved / "config.json").write_bytes(content)
+    with pytest.raises(ModelFileError, match="config.json does not match its manifest"):
+        load_model(saved)
+
+
 def test_nan_weights_are_rejected_naming_the_tensor(saved):
     _rewrite_weights(saved, lambda t: t["item_factors"].fill_(float("nan")))
     with pytest.raises(ModelFileError, match="'item_factors' holds NaN"):
