@@ -1,5 +1,6 @@
 """The ``ray_address`` fixture: a real two-node Ray cluster on 127.0.0.1 (tests/ray_cluster.py),
-started once per test module, stopped afterwards even on failure, in bounded time."""
+started once for the session when a test asks for it (tests/conftest.py registers it),
+stopped afterwards even on failure, in bounded time."""
 
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait(STOP_SECONDS)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_cluster_info():
     """``{"address": "127.0.0.1:PORT", "session": SID}`` of a running two-node cluster."""
     # found, not imported: ray reads its address switches once, at import, and the drivers of

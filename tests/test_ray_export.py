@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from ray_fixtures import listening_addresses, loopback_only, ray_cluster_info, session_pids
+from ray_fixtures import listening_addresses, loopback_only, session_pids
 
+from recsys_ebm.errors import DataError
 from recsys_ebm.models.dot_ebm import DotEBM
-
-__all__ = ["ray_cluster_info"]  # the fixture, imported for the tests below
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray
@@ -122,6 +121,12 @@ def test_an_interrupted_export_resumes_by_shard(ray_cluster_info, saved_model, t
     with pytest.raises(ValueError, match="seed"):
         distributed_export(model, out, resume=True, **{**kwargs, "config": ExportConfig(k=20, seed=3)})
     pd.testing.assert_frame_equal(pd.read_parquet(out), reference)  # the old one is untouched
+    # a folder the export did not write is refused before any work
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="not a directory this toolkit wrote"):
+        distributed_export(model, tmp_path / "mine", **kwargs)
+    assert not (tmp_path / "mine.parts").exists()
 
 
 def test_ray_address_without_ray_names_the_extra(saved_model, movielens_dir, tmp_path, monkeypatch,

@@ -26,7 +26,8 @@ def require_ray(address: str | None = None, feature: str = "--ray-address") -> A
     where a loopback cluster is not listening; ray reads the switch once, at import).
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address is not None and address != "local" and is_loopback(address):
+    if address is not None and (address == "local" or is_loopback(address)):
+        # a private cluster (local) needs no other node: it too stays on the loopback address
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray

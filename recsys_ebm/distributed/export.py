@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from recsys_ebm.atomic import atomic_directory, exclusive
+from recsys_ebm.atomic import atomic_directory, check_replaceable, exclusive
 from recsys_ebm.distributed.cluster import ray_cluster
 from recsys_ebm.errors import DataError
 from recsys_ebm.export.parts import (
@@ -134,6 +134,7 @@ def distributed_export(model: Any, output: str | Path, *, address: str = "local"
     if output.suffix.lower() == ".csv" or output.is_file():
         raise DataError(f"--output {output}: a distributed export writes a Parquet dataset, a "
                         "directory; give a directory path (not a file, not .csv)")
+    check_replaceable(output.absolute(), is_dataset)  # before any work, not at the commit
     n_users = int(model.n_users)
     size = shard_size or default_shard_size(n_users, num_workers, config.chunk_size)
     # one kernel thread per worker: each actor holds one CPU

@@ -267,6 +267,22 @@ class DotEBM(EmbeddingMixin, Recommender):
         )
         return self
 
+    @classmethod
+    def from_trained(cls, config: DotEBMConfig, user_items: sp.csr_matrix,
+                     module_state: dict[str, torch.Tensor],
+                     history: TrainingHistory | None = None) -> DotEBM:
+        """A fitted model from the parameters of a :class:`DotEBMModule` trained elsewhere (the
+        data-parallel trainer) on ``user_items``, its seen set."""
+        model = cls(config)
+        user_items = binarize(check_user_items(user_items))
+        model.n_users, model.n_items = user_items.shape
+        model._remember_seen(user_items)
+        model.module = DotEBMModule(model.n_users, model.n_items, config, torch.Generator().manual_seed(0))
+        model.module.load_state_dict(module_state)
+        model._export_factors(user_items)
+        model.history = history if history is not None else TrainingHistory()
+        return model
+
     def _train_epoch(self, epoch: int, state: _EpochState) -> dict[str, float]:
         """One pass over the active users in shuffled mini-batches; checks for divergence."""
         cfg, module = self.config, self.module
