@@ -175,7 +175,8 @@ def _run_shards(job: ExportJob, parts: Path, todo: list[int], address: str, num_
                                      override_num_blocks=len(todo))
         finished = shards.map_batches(
             _ShardWriter, fn_constructor_kwargs={"job_ref": [job_ref], "parts": str(parts)},
-            batch_size=1, concurrency=num_workers, num_cpus=1, batch_format="numpy")
+            batch_size=1, compute=ray.data.ActorPoolStrategy(size=num_workers), num_cpus=1,
+            batch_format="numpy")
         total = sum(min(job.config.chunk_size, job.n_users - s * job.config.chunk_size) for s in todo)
         with tqdm(total=total, unit="user", desc=f"export on {num_workers} Ray workers",
                   disable=not show_progress) as bar:

@@ -176,15 +176,19 @@ class DotEBMModule(nn.Module):
         negatives = torch.multinomial(log_proposal.exp(), n_negatives, replacement=True, generator=generator)
         log_mq = math.log(n_negatives) + log_proposal
         users = self.energy_users(user_vectors)
-        if self.config.similarity == "cosine":  # normalise only the rows the batch touches
+        if self.config.similarity == "cosine" and len(cols) + n_negatives >= len(self.item_vectors):
+            # the batch touches more rows than the catalog has: normalise the table once
+            table = nn.functional.normalize(self.item_vectors, dim=1)
+            pos_items, neg_items = table[cols], table[negatives]
+        elif self.config.similarity == "cosine":  # normalise only the rows the batch touches
             pos_items = nn.functional.normalize(self.item_vectors[cols], dim=1)
             neg_items = nn.functional.normalize(self.item_vectors[negatives], dim=1)
         else:
             pos_items, neg_items = self.item_vectors[cols], self.item_vectors[negatives]
         pos = (users[rows] * pos_items).sum(1) + self.item_bias[cols] - log_mq[cols]
         neg = users @ neg_items.T + self.item_bias[negatives] - log_mq[negatives]
-        logits = torch.cat([pos[:, None], neg[rows]], dim=1)
-        per_pair = torch.logsumexp(logits, dim=1) - pos
+        # log(e^pos + sum_j e^neg_j): the negatives' log-sum-exp once per user, not per pair
+        per_pair = torch.logaddexp(pos, torch.logsumexp(neg, dim=1)[rows]) - pos
         return (per_pair * targets[rows, cols]).sum() / user_vectors.shape[0]
 
     def l2_penalty(self, user_vectors: torch.Tensor) -> torch.Tensor:
