@@ -4,6 +4,7 @@ stopped afterwards even on failure, in bounded time."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -30,12 +31,13 @@ def free_port() -> int:
 
 
 def session_pids(session: int) -> set[int]:
-    """Every process of the session ``session`` (the cluster's, and only them)."""
-    out = subprocess.run(["ps", "-e", "-o", "pid=,sid="], capture_output=True, text=True).stdout
+    """Every live process of the session ``session`` (the cluster's, and only them); zombies,
+    already dead and waiting to be reaped, are not counted."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,sid=,stat="], capture_output=True, text=True).stdout
     pids = set()
     for line in out.splitlines():
-        pid, sid = line.split()
-        if int(sid) == session:
+        pid, sid, stat = line.split()[:3]
+        if int(sid) == session and not stat.startswith("Z"):
             pids.add(int(pid))
     return pids
 
@@ -57,7 +59,7 @@ def loopback_only(addresses: list[str]) -> bool:
 
 def _stop(process: subprocess.Popen) -> None:
     """SIGTERM the launcher (it shuts both nodes down), then SIGKILL whatever of its session is
-    left; only processes of that session are signalled."""
+    left; only processes of that session (all started by the launcher) are signalled."""
     session = process.pid
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -66,11 +68,11 @@ def _stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             pass
     deadline = time.monotonic() + STOP_SECONDS
-    while session_pids(session) and time.monotonic() < deadline:
-        try:
-            os.killpg(session, signal.SIGKILL)
-        except ProcessLookupError:
-            break
+    # by pid: some of Ray's workers leave the launcher's process group, never its session
+    while (left := session_pids(session)) and time.monotonic() < deadline:
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         time.sleep(0.5)
     if process.poll() is None:
         process.kill()
@@ -98,7 +100,8 @@ def ray_cluster_info():
     finally:
         _stop(process)
         shutil.rmtree(temp_dir, ignore_errors=True)
-    assert not session_pids(process.pid), "processes of the test cluster outlived it"
+    left = session_pids(process.pid)
+    assert not left, f"processes of the test cluster outlived it: {sorted(left)}"
 
 
 def _read_address(process: subprocess.Popen) -> str:

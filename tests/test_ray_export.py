@@ -145,3 +145,20 @@ def test_ray_address_without_ray_names_the_extra(saved_model, movielens_dir, tmp
                  "--no-download", "--model-path", str(saved_model), "--k", "5", "--output",
                  str(tmp_path / "out.parquet")]) == 0
     assert np.all(pd.read_parquet(tmp_path / "out.parquet").groupby("user_id").size() == 5)
+
+
+def test_a_faiss_served_model_exports_the_same_rows(ray_cluster_info, saved_model, tmp_path):
+    """The FAISS index goes into the object store with the job: an HNSW-served export on the
+    cluster is row for row the single-process one through the same index."""
+    from recsys_ebm.distributed.export import distributed_export
+    from recsys_ebm.experiments.jobs import serving_model
+    from recsys_ebm.export.writer import ExportConfig, export_recommendations
+
+    model = serving_model(saved_model, "hnsw")
+    config = ExportConfig(k=20)
+    reference = pd.read_parquet(export_recommendations(
+        model, tmp_path / "single.parquet", config=config, show_progress=False).path)
+    result = distributed_export(model, tmp_path / "dataset", address=ray_cluster_info["address"],
+                                num_workers=2, config=config, show_progress=False)
+    assert result.n_chunks == 8
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "dataset"), reference)
