@@ -22,10 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray
 CONFIG = DotEBMConfig(dim=32, user_model="free", loss="sampled", n_negatives=128, batch_size=64,
                       lr=0.01, epochs=15, seed=0)
-#: stated tolerances: the train NLL within 5% at every epoch and 1.5% on average over the
-#: epochs (the single process's last, smaller batch of each epoch moves its per-epoch mean by
-#: up to 4%), final NDCG@10 within 0.02
-LOSS_RTOL, MEAN_RTOL, NDCG_ATOL = 0.05, 0.015, 0.02
+#: stated tolerances: the train NLL within 2% at every epoch and 1% on average over the
+#: epochs, final NDCG@10 within 0.02 (measured: at most 0.66% apart at an epoch, NDCG@10
+#: 0.3419 on 2 workers vs 0.3390 in one process; the two differ by which users share a batch,
+#: and the single process's last, smaller batch of each epoch)
+LOSS_RTOL, MEAN_RTOL, NDCG_ATOL = 0.02, 0.01, 0.02
 
 
 @pytest.fixture(scope="module")
