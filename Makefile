@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 # CPU build of torch, pinned: an unpinned torch pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
-# the optional peers (scikit-surprise) for reports, benchmarks and the tests that drive them
+# the optional peers (scikit-surprise) for reports, benchmarks and the tests that drive them,
+# and Ray (the distributed export and training, tested on a local two-node cluster)
 BENCH_STAMP := $(VENV)/.installed-bench
 
 DATASET ?= movielens
@@ -50,7 +51,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench,ray]"
 	touch $(BENCH_STAMP)
 
 train: $(STAMP)

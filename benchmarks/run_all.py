@@ -10,7 +10,10 @@ Each benchmark writes its own JSON under ``benchmarks/results/``; this writes ``
 * exact export at least as fast as `implicit` (goal 2x), identical top-k sets up to ties,
   peak memory under 2 GB;
 * an approximate index with recall@100 >= 0.95 at >= 5x the flat index's queries/s;
-* exploratory sampling at most 1.5x the cost of the exact ranking.
+* exploratory sampling at most 1.5x the cost of the exact ranking;
+* scale-out (``bench_scaling``): the export on 1 and 2 Ray workers against the single process
+  (Ray's overhead, informative), the dpebm sampled-softmax epoch at most 2x an ALS iteration,
+  the CRBM's epoch time per million ratings (informative).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from benchmarks import bench_export, bench_retrieval, bench_sampler
+from benchmarks import bench_export, bench_retrieval, bench_sampler, bench_scaling
 from benchmarks.common import RESULTS, environment, table, write_result
 
 
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small scale, for a quick check")
     parser.add_argument("--repeat", type=int, default=1, help="runs per method in export/sampler")
-    parser.add_argument("--skip", default="", help="comma-separated: export,retrieval,sampler")
+    parser.add_argument("--skip", default="", help="comma-separated: export,retrieval,sampler,scaling")
     parser.add_argument("--summarize", action="store_true", help="read results/*.json, run nothing")
     args = parser.parse_args(argv)
     run = not args.summarize
@@ -76,6 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
         ratio = sampler["cost_ratio_sampled_vs_exact"]
         bars.append({"bar": "sampling T=0.5 top-10 <= 1.5x exact", "value": f"{ratio:.2f}x",
                      "met": ratio <= 1.5})
+    if "scaling" not in skip:
+        bars.extend(_scaling_bars(_run_or_load(run, f"scaling-scale{0.1 if args.quick else 1.0:g}",
+                                               bench_scaling, ["--scale", "0.1" if args.quick else "1.0"])))
     for row in bars:
         row["status"] = {True: "met", False: "MISSED", None: "-"}[row["met"]]
         if row.get("goal_met") is not None:
@@ -86,6 +92,24 @@ def main(argv: list[str] | None = None) -> dict:
     path = write_result("summary-quick" if args.quick else "summary", summary)
     print(f"-> {path}")
     return summary
+
+
+def _scaling_bars(scaling: dict) -> list[dict]:
+    export, train, crbm = scaling["export"], scaling["train"], scaling["crbm"]["rows"]
+    by = {row["method"]: row for row in export["rows"]}
+    return [
+        {"bar": "export on 1 Ray worker vs 1 process thread (Ray's overhead, info)",
+         "value": f"{export['ray_overhead_1_worker']:.2f}x the time", "met": None},
+        {"bar": "export on 2 Ray workers vs 1 (info; ideal 2x on 2 cores)",
+         "value": f"{export['ray_speedup_2_vs_1']:.2f}x, {by['Ray, 2 worker(s)']['users_per_s']:,.0f} users/s",
+         "met": None},
+        {"bar": "dpebm sampled-softmax epoch <= 2x an ALS iteration",
+         "value": f"{train['ratio_dpebm_vs_als']:.2f}x ({train['dpebm_sampled_epoch_seconds']:.1f} s "
+                  f"vs {train['als_iteration_seconds']:.1f} s)", "met": train["ratio_dpebm_vs_als"] <= 2.0},
+        {"bar": "CRBM epoch per million ratings (info)",
+         "value": ", ".join(f"{r['seconds_per_million_ratings']:.1f} s at {r['ratings'] / 1e6:.2f}M"
+                            for r in crbm), "met": None},
+    ]
 
 
 if __name__ == "__main__":

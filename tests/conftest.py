@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from ray_fixtures import ray_cluster_info  # noqa: F401  (the Ray tests' two-node cluster)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: CI clones the repo with ``shared/`` beside it: ``<parent>/shared/data/movielens``.

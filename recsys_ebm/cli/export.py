@@ -50,8 +50,15 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                      help="export the users' seen items too (the interactions the model was fitted on)")
     out.add_argument("--resume", action="store_true",
                      help="continue an interrupted export to the same --output from its finished chunks")
-    out.add_argument("--chunk-size", type=int, default=16384, help="users per resumable chunk")
+    out.add_argument("--chunk-size", type=int, default=None,
+                     help="users per resumable chunk (default 16384; with --ray-address, per "
+                          "shard file, default: 4 shards per worker, 16384 at most)")
     out.add_argument("--threads", type=int, default=0, help="worker threads (0 = every CPU)")
+    ray = export.add_argument_group("distributed (needs pip install \"recsys-ebm[ray]\")")
+    ray.add_argument("--ray-address", default=None, metavar="local|auto|HOST:PORT",
+                     help="export on a Ray cluster to a partitioned Parquet dataset (--output "
+                          "is then a directory): local starts one here, auto or HOST:PORT joins one")
+    ray.add_argument("--num-workers", type=int, default=2, help="Ray workers (one CPU each)")
 
 
 def cmd_export(args) -> int:
@@ -59,10 +66,15 @@ def cmd_export(args) -> int:
     from recsys_ebm.export.writer import ExportConfig
 
     config = ExportConfig(k=args.k, temperature=args.temperature, seed=args.seed,
-                          chunk_size=args.chunk_size, n_threads=args.threads)
+                          chunk_size=ExportConfig.chunk_size if args.chunk_size is None else args.chunk_size,
+                          n_threads=args.threads)
     if args.model_path is not None and (args.overrides or args.config or args.no_refit):
         raise ValueError("--set, --config and --no-refit configure a model to train; --model-path "
                          "exports the saved model as it is (drop them, or train with recsys-ebm train)")
+    if args.ray_address is not None:  # before any loading or training: say what to install
+        from recsys_ebm.distributed.cluster import require_ray
+
+        require_ray(args.ray_address)
     options = model_options_from_args(args, with_seed=False) if args.model_path is None else {}
     dataset = dataset_from_args(args)
     with tracker_from_args(args, f"export-{args.model}") as tracker:
@@ -70,7 +82,9 @@ def cmd_export(args) -> int:
                             options=options, refit=not args.no_refit, config=config,
                             resume=args.resume, index=args.index,
                             filter_items=None if args.filter_items is None else split_ids(args.filter_items),
-                            filter_seen=not args.include_seen, tracker=tracker, show_progress=not args.quiet)
+                            filter_seen=not args.include_seen, tracker=tracker, show_progress=not args.quiet,
+                            ray_address=args.ray_address, num_workers=args.num_workers,
+                            shard_size=args.chunk_size)
         run_id = tracker.run_id
     write_out(f"exported {result.n_rows:,} rows for {result.n_users:,} users to {result.path} "
            f"in {result.seconds:.1f} s ({result.users_per_second:,.0f} users/s"

@@ -48,7 +48,8 @@ def export_job(dataset: Any, output: str | Path, *, model_name: str = "dpebm",
                refit: bool = True, config: ExportConfig | None = None, resume: bool = False,
                index: str | None = None, filter_items: list[str] | None = None,
                filter_seen: bool = True, tracker: Any = None,
-               show_progress: bool = True) -> ExportResult:
+               show_progress: bool = True, ray_address: str | None = None, num_workers: int = 2,
+               shard_size: int | None = None) -> ExportResult:
     """``recsys-ebm export``: a saved model (``model_path``), or ``model_name`` trained first
     with ``options`` the way ``recsys-ebm train`` does (random protocol, early stopping on a
     validation split carved from train, refit on all of train), exported for every user.
@@ -66,6 +67,9 @@ def export_job(dataset: Any, output: str | Path, *, model_name: str = "dpebm",
         ``model_path`` (the index is saved beside the model).
     filter_items : raw item ids never exported (a block-list); ``filter_seen=False`` exports
         the users' seen items too.
+    ray_address : export on this Ray cluster (``local``, ``auto``, ``HOST:PORT``) with
+        ``num_workers`` workers, to a partitioned Parquet dataset of ``shard_size`` users per
+        file (:func:`recsys_ebm.distributed.export.distributed_export`).
     """
     config = config if config is not None else ExportConfig()
     known = None  # what the export leaves out beyond the model's seen set
@@ -96,6 +100,14 @@ def export_job(dataset: Any, output: str | Path, *, model_name: str = "dpebm",
         tracker.log_dataset(dataset.name, dataset.checksum, source=dataset.source,
                             n_users=len(user_map), n_items=len(item_map))
     blocked = None if filter_items is None else raw_to_index(item_map, filter_items, "--filter-items")
+    if ray_address is not None:
+        from recsys_ebm.distributed.export import distributed_export
+
+        return distributed_export(model, output, address=ray_address, num_workers=num_workers,
+                                  shard_size=shard_size, raw_user_ids=user_map.raw_ids,
+                                  raw_item_ids=item_map.raw_ids, config=config, resume=resume,
+                                  show_progress=show_progress, tracker=tracker, user_items=known,
+                                  filter_items=blocked, filter_seen=filter_seen)
     return export_recommendations(model, output, raw_user_ids=user_map.raw_ids,
                                   raw_item_ids=item_map.raw_ids, config=config, resume=resume,
                                   show_progress=show_progress, tracker=tracker, user_items=known,

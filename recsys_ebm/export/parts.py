@@ -1,6 +1,7 @@
 """The resumable parts of an export: ``<output>.parts/`` holds a manifest of what must not
-change (model, data, settings) and each finished chunk as ``part-NNNNNN.arrow`` with a record
-``part-NNNNNN.json`` (chunk, first and last user, rows, SHA-256).
+change (model, data, settings) and each finished chunk as ``part-NNNNNN.arrow`` (Arrow IPC; or
+``.parquet`` for the distributed export's shards) with a record ``part-NNNNNN.json`` (chunk,
+first and last user, rows, SHA-256).
 
 A resumed export reuses a part only when its record matches the file's hash and the chunk's
 users; a part that was copied over another, truncated or edited is computed again. Temporary
@@ -18,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.feather as feather
+import pyarrow.parquet as pq
 
 from recsys_ebm.atomic import clean_stale_files
 from recsys_ebm.io import atomic_path, atomic_write_bytes, sha256_of
@@ -33,8 +35,8 @@ def parts_dir(path: str | Path) -> Path:
     return path.with_name(path.name + ".parts")
 
 
-def part_path(parts: Path, chunk: int) -> Path:
-    return parts / f"part-{chunk:06d}.arrow"
+def part_path(parts: Path, chunk: int, suffix: str = ".arrow") -> Path:
+    return parts / f"part-{chunk:06d}{suffix}"
 
 
 def _record_path(part: Path) -> Path:
@@ -42,10 +44,14 @@ def _record_path(part: Path) -> Path:
 
 
 def write_part(part: Path, chunk: int, table: pa.Table) -> None:
-    """The chunk's rows (Arrow IPC, atomically), then its record: a part without a record is
-    never reused."""
+    """The chunk's rows (Arrow IPC, or Parquet for a ``.parquet`` part, atomically), then its
+    record: a part without a record is never reused."""
     with atomic_path(part) as tmp:
-        feather.write_feather(table, str(tmp), compression="uncompressed")
+        if part.suffix == ".parquet":
+            pq.write_table(table, str(tmp), compression="snappy",
+                           use_dictionary=["user_id", "rank"], write_statistics=["user_id", "rank"])
+        else:
+            feather.write_feather(table, str(tmp), compression="uncompressed")
     users = table.column("user_id")
     record = {"chunk": chunk, "rows": table.num_rows, "sha256": sha256_of(part),
               "first_user": _plain(users[0].as_py()) if table.num_rows else None,
@@ -63,7 +69,8 @@ def part_is_valid(part: Path, chunk: int, chunk_users: np.ndarray) -> bool:
         record = json.loads(_record_path(part).read_text())
         if record["chunk"] != chunk or sha256_of(part) != record["sha256"]:
             return False
-        users = feather.read_table(part, columns=["user_id"], memory_map=True).column("user_id")
+        users = (pq.read_table(part, columns=["user_id"]) if part.suffix == ".parquet" else
+                 feather.read_table(part, columns=["user_id"], memory_map=True)).column("user_id")
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
         return False
     if users.length() != record["rows"]:
@@ -88,7 +95,7 @@ def remove_parts(parts: Path) -> None:
     parts.rmdir()
 
 
-def prepare_parts(parts: Path, manifest: dict, resume: bool) -> set[int]:
+def prepare_parts(parts: Path, manifest: dict, resume: bool, suffix: str = ".arrow") -> set[int]:
     """Make the parts directory; return the chunks whose recorded parts may be reused."""
     manifest_file = parts / MANIFEST
     clean_stale_files(parts)
@@ -102,14 +109,14 @@ def prepare_parts(parts: Path, manifest: dict, resume: bool) -> set[int]:
         if changed:
             raise ValueError(f"cannot resume the export in {parts}: {', '.join(changed)} changed "
                              "since it started; run without resume to start over")
-        done = {int(p.name[5:11]) for p in parts.glob("part-*.arrow")}
+        done = {int(p.name[5:11]) for p in parts.glob(f"part-*{suffix}")}
         logger.info("resuming: %d finished chunks found in %s", len(done), parts)
         return done
     if parts.exists():
         if not _is_export_manifest(manifest_file):
             raise ValueError(f"{parts} exists and is not the parts of an export; it was left "
                              "untouched: remove it or choose another output")
-        n_old = len(list(parts.glob("part-*.arrow")))
+        n_old = len(list(parts.glob(f"part-*{suffix}")))
         if n_old:
             logger.warning("discarding %d finished chunks of an earlier export in %s "
                            "(pass resume to continue it instead)", n_old, parts)
@@ -129,14 +136,14 @@ def _is_export_manifest(path: Path) -> bool:
     return isinstance(manifest, dict) and {"format", "chunk_size", "model", "data"} <= set(manifest)
 
 
-def verified_done(parts: Path, done: set[int], chunk_users) -> set[int]:
+def verified_done(parts: Path, done: set[int], chunk_users, suffix: str = ".arrow") -> set[int]:
     """The chunks of ``done`` whose parts pass :func:`part_is_valid`; the others are redone.
 
     ``chunk_users(chunk)`` gives the raw ids of a chunk's users.
     """
     valid = set()
     for chunk in sorted(done):
-        if part_is_valid(part_path(parts, chunk), chunk, chunk_users(chunk)):
+        if part_is_valid(part_path(parts, chunk, suffix), chunk, chunk_users(chunk)):
             valid.add(chunk)
         else:
             logger.warning("part %d in %s does not match its record; computing it again",

@@ -187,7 +187,7 @@ def export_recommendations(
         raise ValueError("pass either a config or keyword options, not both")
     config = config if config is not None else ExportConfig.from_dict(options)
     output = Path(output)
-    job = _Job(model, config, user_items, raw_user_ids, raw_item_ids, filter_items, filter_seen)
+    job = ExportJob(model, config, user_items, raw_user_ids, raw_item_ids, filter_items, filter_seen)
     manifest = job.manifest(output)
     if output.is_dir():
         raise DataError(f"--output {output} is a directory; give a file path ending in .parquet or .csv")
@@ -196,7 +196,7 @@ def export_recommendations(
         return _export(job, output, parts, manifest, resume, show_progress, tracker, on_chunk)
 
 
-def _export(job: _Job, output: Path, parts: Path, manifest: dict, resume: bool, show_progress: bool,
+def _export(job: ExportJob, output: Path, parts: Path, manifest: dict, resume: bool, show_progress: bool,
             tracker: Any, on_chunk: Callable[[int, int], None] | None) -> ExportResult:
     """The export once the output is locked: parts, chunks, the committed file, the log."""
     config = job.config
@@ -223,7 +223,7 @@ def _export(job: _Job, output: Path, parts: Path, manifest: dict, resume: bool, 
     return result
 
 
-class _Job:
+class ExportJob:
     """What one export ranks: the model, its users and items, the items left out."""
 
     def __init__(self, model: Any, config: ExportConfig, user_items: Any, raw_user_ids: Any,
@@ -275,7 +275,7 @@ class _Job:
         return _chunk_table(self.raw_users[lo:hi], self.raw_items, ids, energy, prob)
 
 
-def _file_metadata(job: _Job, tracker: Any) -> dict[str, str]:
+def _file_metadata(job: ExportJob, tracker: Any) -> dict[str, str]:
     """Key-value metadata of a Parquet export: what made it, with which settings, when."""
     cfg = job.config
     return {"recsys_ebm.model": type(getattr(job.model, "model", job.model)).__name__,
@@ -286,7 +286,7 @@ def _file_metadata(job: _Job, tracker: Any) -> dict[str, str]:
             "recsys_ebm.created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-def _write_chunks(job: _Job, output: Path, parts: Path, done: set[int], show_progress: bool,
+def _write_chunks(job: ExportJob, output: Path, parts: Path, done: set[int], show_progress: bool,
                   on_chunk: Callable[[int, int], None] | None, metadata: dict[str, str]) -> int:
     """Compute or reuse every chunk; chunk tables are written by a background thread (the part
     file for resuming, then appended to the temporary output) while the next chunk is

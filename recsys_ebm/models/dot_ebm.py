@@ -176,15 +176,19 @@ class DotEBMModule(nn.Module):
         negatives = torch.multinomial(log_proposal.exp(), n_negatives, replacement=True, generator=generator)
         log_mq = math.log(n_negatives) + log_proposal
         users = self.energy_users(user_vectors)
-        if self.config.similarity == "cosine":  # normalise only the rows the batch touches
+        if self.config.similarity == "cosine" and len(cols) + n_negatives >= len(self.item_vectors):
+            # the batch touches more rows than the catalog has: normalise the table once
+            table = nn.functional.normalize(self.item_vectors, dim=1)
+            pos_items, neg_items = table[cols], table[negatives]
+        elif self.config.similarity == "cosine":  # normalise only the rows the batch touches
             pos_items = nn.functional.normalize(self.item_vectors[cols], dim=1)
             neg_items = nn.functional.normalize(self.item_vectors[negatives], dim=1)
         else:
             pos_items, neg_items = self.item_vectors[cols], self.item_vectors[negatives]
         pos = (users[rows] * pos_items).sum(1) + self.item_bias[cols] - log_mq[cols]
         neg = users @ neg_items.T + self.item_bias[negatives] - log_mq[negatives]
-        logits = torch.cat([pos[:, None], neg[rows]], dim=1)
-        per_pair = torch.logsumexp(logits, dim=1) - pos
+        # log(e^pos + sum_j e^neg_j): the negatives' log-sum-exp once per user, not per pair
+        per_pair = torch.logaddexp(pos, torch.logsumexp(neg, dim=1)[rows]) - pos
         return (per_pair * targets[rows, cols]).sum() / user_vectors.shape[0]
 
     def l2_penalty(self, user_vectors: torch.Tensor) -> torch.Tensor:
@@ -266,6 +270,22 @@ class DotEBM(EmbeddingMixin, Recommender):
             desc="dpebm",
         )
         return self
+
+    @classmethod
+    def from_trained(cls, config: DotEBMConfig, user_items: sp.csr_matrix,
+                     module_state: dict[str, torch.Tensor],
+                     history: TrainingHistory | None = None) -> DotEBM:
+        """A fitted model from the parameters of a :class:`DotEBMModule` trained elsewhere (the
+        data-parallel trainer) on ``user_items``, its seen set."""
+        model = cls(config)
+        user_items = binarize(check_user_items(user_items))
+        model.n_users, model.n_items = user_items.shape
+        model._remember_seen(user_items)
+        model.module = DotEBMModule(model.n_users, model.n_items, config, torch.Generator().manual_seed(0))
+        model.module.load_state_dict(module_state)
+        model._export_factors(user_items)
+        model.history = history if history is not None else TrainingHistory()
+        return model
 
     def _train_epoch(self, epoch: int, state: _EpochState) -> dict[str, float]:
         """One pass over the active users in shuffled mini-batches; checks for divergence."""
