@@ -149,14 +149,20 @@ def cmd_evaluate(args) -> int:
         raise ValueError(f"{args.model!r} predicts ratings only; evaluate it with "
                          f"--protocol {' or '.join(RATING_PROTOCOLS)}")
     with tracker_from_args(args, f"evaluate-{args.model}-{args.protocol}") as tracker:
-        dataset, _, _, result = _train_and_evaluate(args, tracker)
+        dataset, data, model, result = _train_and_evaluate(args, tracker)
         document = {"model": args.model, "dataset": dataset.name, "protocol": args.protocol,
                     "metrics": result.summary}
+        if args.protocol == "loo":  # next-item: exact ranks of each user's last event
+            document["next_item"] = runner.next_item_summary(model, data)
+            tracker.log_metrics({f"next_{k}": v for k, v in document["next_item"].items()})
         tracker.log_dict(document, "evaluation.json")
     if args.json_path:
         atomic_write_bytes(args.json_path, json.dumps(document, indent=2).encode())
         logger.info("metrics written to %s", args.json_path)
     write_out(format_table(result.summary, runner.KS) + "\n")
+    if "next_item" in document:
+        write_out("next item: " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                            for k, v in document["next_item"].items()) + "\n")
     return 0
 
 
