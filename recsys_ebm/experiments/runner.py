@@ -136,7 +136,13 @@ def _validation_split(train: pd.DataFrame, protocol: str) -> Split:
 
 def evaluate_model(model: Recommender, data: PreparedData, ks=KS,
                    show_progress: bool = False) -> RankingResult:
-    """Full-catalog ranking metrics on the test target (fold-in for strong generalization)."""
+    """Full-catalog ranking metrics on the test target (fold-in for strong generalization).
+
+    A sequence model (``uses_order``) ranks after every training event: a model kept from early
+    stopping (fitted without the validation event) observes the train sequences first.
+    """
+    if model.uses_order and data.fold_in is None:
+        model.observe(data.train.sequences())
     if data.fold_in is not None:
         return evaluate_ranking(model, model_input(model, data.fold_in), data.test.user_items, ks,
                                 fold_in=True, show_progress=show_progress)
@@ -158,6 +164,8 @@ def next_item_summary(model: Recommender, data: PreparedData) -> dict[str, Any]:
     number of test items whose order was a timestamp tie."""
     if data.fold_in is not None:
         raise ValueError("next-item metrics are defined for the loo protocol")
+    if model.uses_order:
+        model.observe(data.train.sequences())
     summary: dict[str, Any] = evaluate_next_item(model, data.train.user_items, data.test.user_items)
     summary["n_tied_test"] = tied_test_items(data)
     return summary

@@ -74,6 +74,15 @@ class SequenceRecommender(Baseline):
         self.history = history
         return self
 
+    def observe(self, sequences: Sequences) -> None:
+        """Replace the trained users' histories with ``sequences`` (same rows; events that
+        arrived since the fit), without retraining: the next items are then ranked after them."""
+        self._require_fitted()
+        if len(sequences) != self.n_users or sequences.n_items != self.n_items:
+            raise ValueError(f"sequences has {len(sequences)} rows over {sequences.n_items} items, "
+                             f"the model has {self.n_users} users x {self.n_items} items")
+        self.train_sequences = sequences
+
     def _fit_sequences(self, sequences: Sequences, validate, callback, show_progress
                        ) -> TrainingHistory | None:
         raise NotImplementedError
