@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from recsys_ebm.cli import anomaly, export, report, train
+from recsys_ebm.cli import anomaly, export, monitor, report, train
 from recsys_ebm.errors import (
     ConcurrentWriteError,
     DataError,
@@ -24,7 +24,8 @@ from recsys_ebm.errors import (
 logger = logging.getLogger("recsys_ebm.cli")
 
 COMMANDS = {"train": train.cmd_train, "evaluate": train.cmd_evaluate, "recommend": train.cmd_recommend,
-            "anomaly": anomaly.cmd_anomaly, "export": export.cmd_export, "report": report.cmd_report}
+            "anomaly": anomaly.cmd_anomaly, "export": export.cmd_export, "report": report.cmd_report,
+            "monitor": monitor.cmd_monitor}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     anomaly.add_parser(sub, common)
     export.add_parser(sub, common)
     report.add_parser(sub, common)
+    monitor.add_parser(sub, common)
     return parser
 
 

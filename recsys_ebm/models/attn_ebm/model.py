@@ -46,7 +46,7 @@ class AttnEBMConfig(Config):
     temperature: float = 1.0
     lr: float = 0.002
     l2: float = 0.0
-    batch_size: int = 128
+    batch_size: int = 32
     epochs: int = 200
     patience: int = 10
     loss: str = "exact"
