@@ -25,7 +25,7 @@ logger = logging.getLogger("recsys_ebm.cli")
 
 COMMANDS = {"train": train.cmd_train, "evaluate": train.cmd_evaluate, "recommend": train.cmd_recommend,
             "anomaly": anomaly.cmd_anomaly, "export": export.cmd_export, "report": report.cmd_report,
-            "monitor": monitor.cmd_monitor}
+            "monitor": monitor.cmd_monitor, "stream-report": monitor.cmd_stream_report}
 
 
 def build_parser() -> argparse.ArgumentParser:

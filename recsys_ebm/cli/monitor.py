@@ -6,7 +6,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from recsys_ebm.cli.common import write_out
+from recsys_ebm.cli.common import (
+    add_data_args,
+    dataset_from_args,
+    parse_override,
+    split_ids,
+    write_out,
+)
 from recsys_ebm.data.readers import read_interactions
 from recsys_ebm.experiments.jobs import saved_id_maps
 from recsys_ebm.experiments.monitor import monitor_events
@@ -29,6 +35,29 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     monitor.add_argument("--statistic", choices=("window", "cusum"), default="window")
     monitor.add_argument("--window", type=int, default=5, help="events in the windowed mean")
     monitor.add_argument("--output", required=True, help="alerts file (.parquet or .csv)")
+
+    report = sub.add_parser("stream-report", parents=[common],
+                            help="inject takeover / bot / burst / push streams into held-out genuine "
+                                 "tails and score the watchdog -> reports/<dataset>/stream.md")
+    add_data_args(report)
+    report.add_argument("--detectors", default="popularity,markov,dpebm,seqcrbm",
+                        help="comma-separated: popularity or registered models, MODEL:KEY=VALUE;... for options")
+    report.add_argument("--fpr", type=float, default=0.01)
+    report.add_argument("--seed", type=int, default=0)
+    report.add_argument("--output-dir", default="reports")
+
+
+def cmd_stream_report(args) -> int:
+    from recsys_ebm.experiments.stream_eval import write_stream_report
+
+    detectors: dict[str, dict] = {}
+    for entry in split_ids(args.detectors):
+        name, _, options = entry.partition(":")
+        detectors[name] = dict(parse_override(o) for o in options.split(";") if o)
+    path = write_stream_report(dataset_from_args(args), detectors, args.output_dir, fpr=args.fpr,
+                               seed=args.seed)
+    write_out(f"stream report written to {path}\n")
+    return 0
 
 
 def cmd_monitor(args) -> int:

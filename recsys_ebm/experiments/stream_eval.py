@@ -164,6 +164,29 @@ def run_stream_evaluation(interactions: Interactions, detectors: dict[str, dict]
             "n_test": int(len(data.test)), "tail": int(data.tails.lengths[0]), "results": results}
 
 
+def write_stream_report(dataset, detectors: dict[str, dict], output_dir, fpr: float = 0.01,
+                        seed: int = 0):
+    """Run :func:`run_stream_evaluation` on a loaded dataset (users with < 5 interactions
+    dropped, as in every protocol) and write ``<output_dir>/<dataset>/stream.{md,json}``."""
+    import json
+    from pathlib import Path
+
+    from recsys_ebm.data.split import filter_min_interactions
+    from recsys_ebm.io import atomic_write_bytes
+
+    interactions = Interactions.from_frame(filter_min_interactions(dataset.ratings, 5))
+    document = run_stream_evaluation(interactions, detectors, fpr=fpr, seed=seed)
+    document["dataset"] = dataset.name
+    document["detectors"] = detectors
+    folder = Path(output_dir) / dataset.name
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / "stream.json", (json.dumps(document, indent=1) + "\n").encode())
+    atomic_write_bytes(folder / "stream.md", render_stream_report(document, dataset.name).encode())
+    for name in ("stream.json", "stream.md"):
+        (folder / name).chmod(0o644)
+    return folder / "stream.md"
+
+
 def render_stream_report(document: dict, title: str) -> str:
     """reports/<dataset>/stream.md from the document of :func:`run_stream_evaluation`."""
     out = [f"# {title}: streaming energy watchdog", "",
