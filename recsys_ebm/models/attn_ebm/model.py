@@ -42,7 +42,7 @@ class AttnEBMConfig(Config):
     n_blocks: int = 2
     n_heads: int = 1
     max_len: int = 200
-    dropout: float = 0.5
+    dropout: float = 0.3
     temperature: float = 1.0
     lr: float = 0.002
     l2: float = 0.0
