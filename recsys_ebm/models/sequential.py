@@ -27,7 +27,7 @@ from recsys_ebm.data.sequences import Sequences
 from recsys_ebm.data.sparse import binarize
 from recsys_ebm.models.base import EpochCallback, RankRequest, check_user_ids, check_user_items
 from recsys_ebm.models.baselines import Baseline
-from recsys_ebm.models.training import TrainingHistory, ranking_validator
+from recsys_ebm.models.training import TrainingHistory, ranking_validator, run_training
 
 
 class SequenceRecommender(Baseline):
@@ -145,6 +145,36 @@ class SequenceRecommender(Baseline):
 
     def _restore_model(self, tensors: dict) -> None:
         raise NotImplementedError
+
+
+class NetSequenceRecommender(SequenceRecommender):
+    """A sequence model whose parameters are one torch module ``self.net`` (built by
+    ``_build(generator)``), trained in epochs with early stopping on validation NDCG@10."""
+
+    trains_in_epochs = True
+    net = None
+
+    def _build(self, generator):
+        raise NotImplementedError
+
+    def _run_epochs(self, train_epoch, validate, callback, show_progress: bool, desc: str) -> TrainingHistory:
+        """The one training loop over ``train_epoch`` with the config's epochs and patience;
+        the best validation state is restored."""
+        net = self.net
+        return run_training(
+            train_epoch, epochs=self.config.epochs, validate=validate,
+            monitor="val_ndcg@10" if validate is not None else None, patience=self.config.patience,
+            snapshot=lambda: {k: v.detach().clone() for k, v in net.state_dict().items()},
+            restore=net.load_state_dict, callback=callback, show_progress=show_progress, desc=desc)
+
+    def _model_tensors(self) -> dict:
+        return {f"net.{k}": v for k, v in self.net.state_dict().items()}
+
+    def _restore_model(self, tensors) -> None:
+        import torch
+
+        self.net = self._build(torch.Generator().manual_seed(0))
+        self.net.load_state_dict({k[len("net."):]: v for k, v in tensors.items() if k.startswith("net.")})
 
 
 def last_items(sequences: Sequences) -> np.ndarray:

@@ -30,8 +30,7 @@ from recsys_ebm.config import Config, check
 from recsys_ebm.data.sequences import Sequences
 from recsys_ebm.models.attn_ebm.module import AttnEncoder
 from recsys_ebm.models.baselines import check_ints, check_reals, check_seed
-from recsys_ebm.models.sequential import SequenceRecommender
-from recsys_ebm.models.training import run_training
+from recsys_ebm.models.sequential import NetSequenceRecommender
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,11 +100,10 @@ def length_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Gene
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
-class AttnEBM(SequenceRecommender):
+class AttnEBM(NetSequenceRecommender):
     """Causal self-attention encoder; the energy of the next item is -<h_t, q_i>/tau - b_i."""
 
     is_ebm = True
-    trains_in_epochs = True
     config_class = AttnEBMConfig
     model_name = "attnebm"
 
@@ -133,13 +131,7 @@ class AttnEBM(SequenceRecommender):
         def train_epoch(epoch: int) -> dict[str, float]:
             return self._train_epoch(tokens, optimizer, generator, log_q)
 
-        net = self.net
-        return run_training(
-            train_epoch, epochs=cfg.epochs, validate=validate,
-            monitor="val_ndcg@10" if validate is not None else None, patience=cfg.patience,
-            snapshot=lambda: {k: v.detach().clone() for k, v in net.state_dict().items()},
-            restore=net.load_state_dict, callback=callback, show_progress=show_progress,
-            desc="attnebm")
+        return self._run_epochs(train_epoch, validate, callback, show_progress, "attnebm")
 
     def _train_epoch(self, tokens: torch.Tensor, optimizer, generator, log_q) -> dict[str, float]:
         cfg, net = self.config, self.net
@@ -218,12 +210,3 @@ class AttnEBM(SequenceRecommender):
         entries = [{"position": int(len(weights) - 1 - j), "item": int(tokens[0, j]) - 1,
                     "weight": float(weights[j])} for j in np.flatnonzero(present)]
         return sorted(entries, key=lambda e: e["position"])
-
-    # ------------------------------------------------------------------ persistence
-    def _model_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"net.{k}": v for k, v in self.net.state_dict().items()}
-
-    def _restore_model(self, tensors) -> None:
-        self.net = self._build(torch.Generator().manual_seed(0))
-        state = {k[len("net."):]: v for k, v in tensors.items() if k.startswith("net.")}
-        self.net.load_state_dict(state)

@@ -24,8 +24,7 @@ from recsys_ebm.config import Config, check
 from recsys_ebm.data.sequences import Sequences
 from recsys_ebm.models.baselines import check_ints, check_reals, check_seed
 from recsys_ebm.models.seq_crbm.module import SeqCRBMNet, gap_buckets
-from recsys_ebm.models.sequential import SequenceRecommender
-from recsys_ebm.models.training import run_training
+from recsys_ebm.models.sequential import NetSequenceRecommender
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,11 +88,10 @@ def history_mask(sequences: Sequences, ends: np.ndarray, rows: np.ndarray) -> to
     return mask
 
 
-class SeqCRBM(SequenceRecommender):
+class SeqCRBM(NetSequenceRecommender):
     """Conditional RBM over event sequences: exact p(next | previous n events)."""
 
     is_ebm = True
-    trains_in_epochs = True
     config_class = SeqCRBMConfig
     model_name = "seqcrbm"
 
@@ -118,12 +116,7 @@ class SeqCRBM(SequenceRecommender):
             chosen = positions[np.sort(pick.numpy())]
             return self._train_positions(sequences, chosen, rows_of[chosen], optimizer, generator)
 
-        return run_training(
-            train_epoch, epochs=cfg.epochs, validate=validate,
-            monitor="val_ndcg@10" if validate is not None else None, patience=cfg.patience,
-            snapshot=lambda: {k: v.detach().clone() for k, v in net.state_dict().items()},
-            restore=net.load_state_dict, callback=callback, show_progress=show_progress,
-            desc=f"seqcrbm-{cfg.training}")
+        return self._run_epochs(train_epoch, validate, callback, show_progress, f"seqcrbm-{cfg.training}")
 
     def _train_positions(self, sequences, ends, rows, optimizer, generator) -> dict[str, float]:
         cfg, net = self.config, self.net
@@ -161,10 +154,3 @@ class SeqCRBM(SequenceRecommender):
         with torch.no_grad():
             visible, hidden = self.net.dynamic_biases(torch.from_numpy(lags), torch.from_numpy(gaps))
             return (-self.net.free_energy_all(visible, hidden)).numpy().astype(np.float32)
-
-    def _model_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"net.{k}": v for k, v in self.net.state_dict().items()}
-
-    def _restore_model(self, tensors) -> None:
-        self.net = self._build(torch.Generator().manual_seed(0))
-        self.net.load_state_dict({k[len("net."):]: v for k, v in tensors.items() if k.startswith("net.")})
