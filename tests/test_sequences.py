@@ -98,3 +98,20 @@ def test_ml100k_loo_test_items_are_the_last_events(movielens_dir):
     assert all(np.array_equal(train.row(u), seqs.row(u)[:-1]) for u in users[:100])
     assert runner.tied_test_items(data) == 414  # of 940 test items, order decided by the tie rule
     assert int(seqs.tied_last().sum()) == 415  # users whose last two events share a timestamp
+
+
+def test_next_item_report_section_and_chart():
+    from recsys_ebm.experiments.next_item import markdown_section, plot_training_curves
+
+    mean = {"next_hr@10": 0.2, "next_hr@20": 0.3, "next_ndcg@10": 0.1, "next_ndcg@20": 0.12, "next_mrr": 0.09}
+    document = {"dataset": {"n_tied_test": 414, "n_test": 940},
+                "models": {"markov": {"mean": mean, "std": dict.fromkeys(mean, 0.0)},
+                           "pop": {"mean": {"ndcg@10": 0.04}, "std": {}}},
+                "crbm_training": {"CD-1": {"val_ndcg@10": [0.05, 0.08], "best_epoch": 2,
+                                           "best_value": 0.08, "fit_seconds": 3.0}}}
+    lines = markdown_section(document, "loo-seqcrbm-training.png")
+    assert "| `markov` | 0.2000 ± 0.0000 | 0.3000 ± 0.0000 | 0.1000 ± 0.0000 | 0.1200 ± 0.0000 | 0.0900 ± 0.0000 |" in lines
+    assert not any("`pop`" in line for line in lines)  # no next-item metrics: not in the table
+    assert "414 of 940 test items" in lines[2] and "| CD-1 | 0.0800 | 2 | 3 |" in lines
+    assert plot_training_curves(document["crbm_training"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert markdown_section({"dataset": {}, "models": {"pop": document["models"]["pop"]}}, None) == []
