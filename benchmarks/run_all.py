@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from benchmarks import bench_export, bench_retrieval, bench_sampler, bench_scaling
+from benchmarks import bench_export, bench_monitor, bench_retrieval, bench_sampler, bench_scaling
 from benchmarks.common import RESULTS, environment, table, write_result
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small scale, for a quick check")
     parser.add_argument("--repeat", type=int, default=1, help="runs per method in export/sampler")
-    parser.add_argument("--skip", default="", help="comma-separated: export,retrieval,sampler,scaling")
+    parser.add_argument("--skip", default="", help="comma-separated: export,retrieval,sampler,scaling,monitor")
     parser.add_argument("--summarize", action="store_true", help="read results/*.json, run nothing")
     args = parser.parse_args(argv)
     run = not args.summarize
@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> dict:
     if "scaling" not in skip:
         bars.extend(_scaling_bars(_run_or_load(run, f"scaling-scale{0.1 if args.quick else 1.0:g}",
                                                bench_scaling, ["--scale", "0.1" if args.quick else "1.0"])))
+    if "monitor" not in skip:
+        monitor = _run_or_load(run, "monitor", bench_monitor, ["--events", "10000"] if args.quick else [])
+        bars.append({"bar": "stream watchdog throughput (info)",
+                     "value": f"{monitor['events_per_second']:,.0f} events/s", "met": None})
     for row in bars:
         row["status"] = {True: "met", False: "MISSED", None: "-"}[row["met"]]
         if row.get("goal_met") is not None:

@@ -333,7 +333,7 @@ def test_a_single_user_is_refused_by_every_split():
     splits = [
         ("random_holdout", lambda f: random_holdout(f)),
         ("temporal_holdout", lambda f: temporal_holdout(f)),
-        ("temporal_holdout", lambda f: leave_one_out(f)),
+        ("leave_one_out", lambda f: leave_one_out(f)),
         ("time_cutoff", lambda f: time_cutoff(f, 15)),
         ("held_out_users", lambda f: held_out_users(f, fraction=0.1)),
         ("kfold", lambda f: kfold(f)),

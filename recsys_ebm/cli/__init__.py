@@ -1,5 +1,5 @@
-"""``recsys-ebm``: train, evaluate, recommend, export, anomaly, report, groups and explore from
-the command line.
+"""``recsys-ebm``: train, evaluate, recommend, export, anomaly, report, groups, explore,
+monitor and stream-report from the command line.
 
 One module per group of subcommands, each with its parser and its handler; ``common`` holds
 the argument groups they share. Only this package configures logging handlers and writes to
@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from recsys_ebm.cli import anomaly, explore, export, groups, report, train
+from recsys_ebm.cli import anomaly, explore, export, groups, monitor, report, train
 from recsys_ebm.errors import (
     ConcurrentWriteError,
     DataError,
@@ -26,7 +26,8 @@ logger = logging.getLogger("recsys_ebm.cli")
 
 COMMANDS = {"train": train.cmd_train, "evaluate": train.cmd_evaluate, "recommend": groups.cmd_recommend_any,
             "anomaly": anomaly.cmd_anomaly, "export": export.cmd_export, "report": report.cmd_report,
-            "groups": groups.cmd_groups, "explore": explore.cmd_explore}
+            "groups": groups.cmd_groups, "explore": explore.cmd_explore,
+            "monitor": monitor.cmd_monitor, "stream-report": monitor.cmd_stream_report}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_parser(sub, common)
     groups.add_parser(sub, common)
     explore.add_parser(sub, common)
+    monitor.add_parser(sub, common)
     return parser
 
 

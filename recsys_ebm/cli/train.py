@@ -84,6 +84,9 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     recommend.add_argument("--temperature", type=float, default=0.0,
                            help="0 = exact ranking; > 0 samples from softmax(-E/T)")
     recommend.add_argument("--seed", type=int, default=0, help="sampling seed when temperature > 0")
+    recommend.add_argument("--explain", action="store_true",
+                           help="sequence models with attention (attnebm): also print the attention "
+                                "over the past events, a Gibbs distribution (weights sum to 1)")
 
 
 
@@ -149,14 +152,20 @@ def cmd_evaluate(args) -> int:
         raise ValueError(f"{args.model!r} predicts ratings only; evaluate it with "
                          f"--protocol {' or '.join(RATING_PROTOCOLS)}")
     with tracker_from_args(args, f"evaluate-{args.model}-{args.protocol}") as tracker:
-        dataset, _, _, result = _train_and_evaluate(args, tracker)
+        dataset, data, model, result = _train_and_evaluate(args, tracker)
         document = {"model": args.model, "dataset": dataset.name, "protocol": args.protocol,
                     "metrics": result.summary}
+        if args.protocol == "loo":  # next-item: exact ranks of each user's last event
+            document["next_item"] = runner.next_item_summary(model, data)
+            tracker.log_metrics({f"next_{k}": v for k, v in document["next_item"].items()})
         tracker.log_dict(document, "evaluation.json")
     if args.json_path:
         atomic_write_bytes(args.json_path, json.dumps(document, indent=2).encode())
         logger.info("metrics written to %s", args.json_path)
     write_out(format_table(result.summary, runner.KS) + "\n")
+    if "next_item" in document:
+        write_out("next item: " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                            for k, v in document["next_item"].items()) + "\n")
     return 0
 
 
@@ -230,15 +239,37 @@ def cmd_recommend(args) -> int:
             logger.warning("%s has no seen set (saved before it was kept with the model): items "
                            "the users already have are not left out", args.model_path)
         ids, scores = model.recommend(users, **options)
-        lines += [_format_row(f"user {raw_user}", item_map, row, row_scores)
-                  for raw_user, row, row_scores in zip(args.users, ids, scores, strict=True)]
+        for raw_user, user, row, row_scores in zip(args.users, users, ids, scores, strict=True):
+            lines.append(_format_row(f"user {raw_user}", item_map, row, row_scores))
+            if args.explain:
+                lines += _explain(model, model.histories([user]), item_map)
     if args.history or args.history_file:
         entries = _history_entries(args)
         history = _history_row(entries, item_map, model.n_items, needs_ratings=model.fits_ratings)
-        ids, scores = model.recommend(np.array([0]), history, fold_in=True, **options)
-        lines.append(_format_row("new user", item_map, ids[0], scores[0]))
+        if getattr(model, "uses_order", False):  # the order given is the history's order
+            from recsys_ebm.data.sequences import Sequences
+
+            order = Sequences.from_lists([raw_to_index(item_map, [i for i, _ in entries], "history")],
+                                         model.n_items)
+            ids, scores = model.recommend(np.array([0]), sequences=order, **options)
+            lines.append(_format_row("new user", item_map, ids[0], scores[0]))
+            if args.explain:
+                lines += _explain(model, order, item_map)
+        else:
+            ids, scores = model.recommend(np.array([0]), history, fold_in=True, **options)
+            lines.append(_format_row("new user", item_map, ids[0], scores[0]))
     write_out("\n".join(lines) + "\n")
     return 0
+
+
+def _explain(model, sequence, item_map) -> list[str]:
+    """The attention of a sequence model over a history's past events, most recent first."""
+    if not hasattr(model, "explain"):
+        raise ValueError(f"--explain needs a model with attention over past events (attnebm), "
+                         f"not {type(model).__name__}")
+    entries = model.explain(sequence)
+    return ["  attention over past events (steps back: item weight): " + ", ".join(
+        f"{e['position']}: {item_map.to_raw([e['item']])[0]} {e['weight']:.3f}" for e in entries[:20])]
 
 
 def _format_row(label: str, item_map, row, row_scores) -> str:

@@ -12,6 +12,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys_ebm.data.ids import IdMap, by_position, parse_ids, shown
+from recsys_ebm.data.sequences import TIE_SEED, Sequences, sequence_view
 from recsys_ebm.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -131,6 +132,13 @@ class Interactions:
     def rating_matrix(self) -> sp.csr_matrix:
         """Users x items CSR whose values are the ratings (explicit-feedback models use this)."""
         return self._csr(self.ratings)
+
+    def sequences(self, seed: int = TIE_SEED) -> Sequences:
+        """Each user's events ordered by timestamp, ties by the protocol's seeded permutation
+        (:mod:`recsys_ebm.data.sequences`); row ``u`` is user index ``u``."""
+        return sequence_view(self.user_idx, self.item_idx, self.timestamps,
+                             self.user_map.to_raw(self.user_idx), self.item_map.to_raw(self.item_idx),
+                             self.n_users, self.n_items, seed)
 
     def binarize(self, threshold: float | None = None) -> Interactions:
         """Keep interactions with ``rating >= threshold`` (all when None), ratings set to 1."""

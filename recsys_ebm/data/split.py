@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from recsys_ebm.data.ids import shown
+from recsys_ebm.data.sequences import TIE_SEED, tie_keys
 from recsys_ebm.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -151,12 +152,22 @@ def temporal_holdout(frame: pd.DataFrame, fraction: float = 0.2, n: int | None =
     )
 
 
-def leave_one_out(frame: pd.DataFrame) -> Split:
+def leave_one_out(frame: pd.DataFrame, tie_seed: int = TIE_SEED) -> Split:
     """Per user, the single latest interaction goes to test (users with one row stay in train).
 
-    Same tie-breaking as :func:`temporal_holdout`.
+    Interactions with the same timestamp are ordered by the next-item protocol's seeded
+    permutation (:func:`recsys_ebm.data.sequences.tie_keys`), never by id, so the test item
+    is the last event of the user's sequence view.
     """
-    return temporal_holdout(frame, n=1)
+    _check_frame(frame, ("user_id", "item_id", "timestamp"), "leave_one_out")
+    _check_several_users(frame, "leave_one_out")
+    users = _codes(frame["user_id"])
+    keys = tie_keys(frame["user_id"].to_numpy(), frame["item_id"].to_numpy(), tie_seed)
+    timestamps = _numeric_timestamps(frame).astype(np.float64)
+    # latest first: descending timestamp, then descending tie key
+    position = _position_within_user(users, -timestamps, ~keys)
+    counts = np.bincount(users)
+    return _finish(frame, (position < 1) & (counts[users] >= 2), name="leave_one_out")
 
 
 def time_cutoff(frame: pd.DataFrame, cutoff: float | str | pd.Timestamp) -> Split:

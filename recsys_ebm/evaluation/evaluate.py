@@ -24,10 +24,12 @@ from recsys_ebm.evaluation.metrics import (
     map_at_k,
     mrr,
     ndcg_at_k,
+    next_item_metrics,
     precision_at_k,
     recall_allrel_at_k,
     recall_at_k,
     rmse,
+    target_ranks,
 )
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ __all__ = [
     "RankingResult",
     "evaluate_ranking",
     "evaluate_ratings",
+    "evaluate_next_item",
+    "NEXT_ITEM_KS",
     "format_table",
     "RANKING_METRICS",
     "METRIC_LEGEND",
@@ -152,6 +156,36 @@ def evaluate_ranking(
     logger.info("evaluated %d of %d users at k=%s in %.1fs", user_ids.size, test.shape[0],
                 list(ks), time.perf_counter() - start_time)
     return RankingResult(summary=summary, per_user=per_user, recommendations=recs)
+
+
+#: cut-offs of the next-item metrics (docs/protocols.md)
+NEXT_ITEM_KS = (10, 20)
+
+
+def evaluate_next_item(model: SupportsRecommend, history_user_items: sp.spmatrix | sp.sparray,
+                       test_user_items: sp.spmatrix | sp.sparray, ks: Iterable[int] = NEXT_ITEM_KS,
+                       *, batch_size: int = 512) -> dict[str, float]:
+    """Next-item metrics: HR@k, NDCG@k and MRR of each user's single test item, ranked in the
+    full ranking of the catalog without the user's history items (``history_user_items``).
+
+    The model is asked for every item (``k = n_items``), so the rank, and so MRR, is exact (not
+    truncated at a cut-off). A model that reads the history order (``uses_order``) ranks the
+    users from the ordered sequences it was fitted on. Returns :func:`next_item_metrics`.
+    """
+    history, test = _check_matrices(model, history_user_items, test_user_items)
+    n_test = np.diff(test.indptr)
+    if np.any(n_test > 1):
+        raise ValueError(f"next-item evaluation needs one test item per user; user "
+                         f"{int(np.flatnonzero(n_test > 1)[0])} has {int(n_test.max())}")
+    user_ids = np.flatnonzero(n_test == 1).astype(np.int64)
+    if user_ids.size == 0:
+        raise ValueError("no user has a test item; nothing to evaluate")
+    ranks = np.empty(user_ids.size, dtype=np.int64)
+    for start in range(0, user_ids.size, batch_size):
+        batch = user_ids[start:start + batch_size]
+        ids, _ = model.recommend(batch, history[batch], k=test.shape[1], filter_seen=True)
+        ranks[start:start + batch.size] = target_ranks(hit_matrix(np.asarray(ids), test[batch]))
+    return next_item_metrics(ranks, _check_ks(ks))
 
 
 def _check_matrices(model: SupportsRecommend, train_user_items, test_user_items

@@ -29,6 +29,8 @@ __all__ = [
     "mrr",
     "hit_rate_at_k",
     "coverage_at_k",
+    "target_ranks",
+    "next_item_metrics",
     "rmse",
     "mae",
 ]
@@ -243,6 +245,44 @@ def hit_rate_at_k(hits: np.ndarray, k: int) -> np.ndarray:
     """
     top, _ = _check_hits(hits, k)
     return top.any(axis=1).astype(np.float64)
+
+
+def target_ranks(hits: np.ndarray) -> np.ndarray:
+    """1-based rank of the first hit in each row, 0 when the row has none: int64 (n,).
+
+    For next-item evaluation (one target per user) over a list holding the whole catalog, this
+    is the target's rank in the full ranking.
+    """
+    top, _ = _check_hits(hits, None)
+    return np.where(top.any(axis=1), np.argmax(top, axis=1) + 1, 0).astype(np.int64)
+
+
+def next_item_metrics(ranks: np.ndarray, ks=(10, 20)) -> dict[str, float]:
+    """HR@k, NDCG@k and MRR of next-item ranks (one target per user), means over users.
+
+    ``ranks`` int (n,): the 1-based rank of each user's target, 0 when it was not ranked (it
+    counts as a miss everywhere). HR@k = [rank <= k]; NDCG@k = [rank <= k] / log2(rank + 1)
+    (the ideal DCG of one target is 1); MRR = 1 / rank (0 for an unranked target).
+
+    Returns ``{"hr@k", "ndcg@k" for each k, "mrr", "n_users"}``.
+    """
+    ranks = np.asarray(ranks)
+    if ranks.ndim != 1 or ranks.size == 0:
+        raise ValueError(f"ranks must be a non-empty 1-D array, got shape {ranks.shape}")
+    if not np.issubdtype(ranks.dtype, np.integer) or np.any(ranks < 0):
+        raise ValueError("ranks must be integers >= 1 (0 for an unranked target)")
+    ranked = ranks > 0
+    safe = np.where(ranked, ranks, 1).astype(np.float64)
+    out: dict[str, float] = {}
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"every k must be a positive integer, got {k!r}")
+        within = ranked & (ranks <= k)
+        out[f"hr@{k}"] = float(within.mean())
+        out[f"ndcg@{k}"] = float(np.where(within, 1.0 / np.log2(safe + 1.0), 0.0).mean())
+    out["mrr"] = float(np.where(ranked, 1.0 / safe, 0.0).mean())
+    out["n_users"] = int(ranks.size)
+    return out
 
 
 def _check_rec_ids(rec_ids: np.ndarray, n_items: int) -> np.ndarray:

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from recsys_ebm.evaluation.evaluate import RANKING_METRICS
+from recsys_ebm.experiments.next_item import markdown_section as next_item_section
+from recsys_ebm.experiments.next_item import plot_training_curves
 from recsys_ebm.experiments.reporting import (
     RATING_PROTOCOL,
     TRADEOFF_K,
@@ -45,6 +47,9 @@ def write_report(document: dict, folder: Path) -> ReportResult:
     if ebms:
         plots["temperature"] = folder / f"{protocol}-temperature.png"
         plots["energies"] = folder / f"{protocol}-energies.png"
+    if document.get("crbm_training"):
+        plots["crbm_training"] = folder / f"{protocol}-seqcrbm-training.png"
+        atomic_write_bytes(plots["crbm_training"], plot_training_curves(document["crbm_training"]))
     atomic_write_bytes(json_path, (json.dumps(document, indent=1) + "\n").encode())
     atomic_write_bytes(plots["metrics_vs_k"], plot_metrics_vs_k(document))
     if ebms:
@@ -150,6 +155,7 @@ def render_markdown(document: dict, plots: dict[str, str]) -> str:
             "other model on NDCG@10 and Recall@20 (hits in the top 20 / min(20, R), R = the user's test "
             "items; means over seeds).", "", *_verdict(document), ""]
     out += _results(document, plots)
+    out += next_item_section(document, plots.get("crbm_training"))
     out += _tuning(document)
     if any(s.get("temperature") for s in document["models"].values()):
         out += _temperature(document, plots)

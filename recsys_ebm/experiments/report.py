@@ -37,7 +37,7 @@ import scipy.sparse as sp
 from recsys_ebm.evaluation.beyond import beyond_accuracy, genre_matrix, item_popularity
 from recsys_ebm.evaluation.evaluate import RankingResult, evaluate_ranking
 from recsys_ebm.evaluation.metrics import hit_matrix, ndcg_at_k, recall_at_k
-from recsys_ebm.experiments import runner, tuning
+from recsys_ebm.experiments import next_item, runner, tuning
 from recsys_ebm.experiments.rating_report import rating_report_models, run_rating_report
 from recsys_ebm.experiments.render import ReportResult, write_report
 from recsys_ebm.experiments.reporting import (
@@ -266,6 +266,9 @@ def _refit_and_test(name: str, chosen: dict[str, Any], config: ReportConfig, ctx
         result = _evaluate(model, ctx.data, config.ks)
         metrics = {k: v for k, v in result.summary.items() if k != "n_users"}
         metrics.update(_beyond(ctx, result.recommendations, config.ks))
+        if config.protocol == "loo":  # next-item: the exact rank of each user's last event
+            metrics.update({f"next_{k}": v for k, v in runner.next_item_summary(model, ctx.data).items()
+                            if k not in ("n_users", "n_tied_test")})
         per_seed.append(metrics)
         for metric in VERDICT_METRICS:
             per_user[metric].append(result.per_user[metric].to_numpy())
@@ -381,6 +384,9 @@ def run_report(config: ReportConfig) -> ReportResult:
                 sections[name], arrays[name] = _run_model(name, config, ctx, grids, child)
                 child_runs[name] = child.run_id
         document = _document(config, dataset, split, ctx, sections, arrays)
+        if config.protocol == "loo" and next_item.CRBM_MODEL in names:
+            document["crbm_training"] = next_item.training_curves(
+                data, config.seeds[0], config.overrides.get(next_item.CRBM_MODEL))
         document["mlflow"] = {"parent_run_id": tracker.run_id, "child_run_ids": child_runs,
                               "experiment": config.experiment}
         document["environment"] = environment(load)
@@ -416,6 +422,7 @@ def _document(config: ReportConfig, dataset: runner.Dataset, split, ctx: _Contex
             "n_test_dropped": split.n_dropped,
             "n_fold_in": len(data.fold_in) if data.fold_in is not None else None,
             "genres": ctx.genres,
+            "n_tied_test": runner.tied_test_items(data) if config.protocol == "loo" else None,
         },
         "protocol": {"name": config.protocol, "description": PROTOCOL_TEXT[config.protocol],
                      "split_seed": 0, "validation_seed": runner.VALIDATION_SEED,

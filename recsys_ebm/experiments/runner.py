@@ -30,7 +30,7 @@ from recsys_ebm.data.split import (
     temporal_holdout,
 )
 from recsys_ebm.data.variants import RatingScale
-from recsys_ebm.evaluation.evaluate import RankingResult, evaluate_ranking
+from recsys_ebm.evaluation.evaluate import RankingResult, evaluate_next_item, evaluate_ranking
 from recsys_ebm.experiments.tuning import (
     build_model,
     fit_production,
@@ -42,8 +42,8 @@ from recsys_ebm.models.base import Recommender
 logger = logging.getLogger(__name__)
 
 __all__ = ["KS", "RANKING_PROTOCOLS", "VALIDATION_SEED", "Dataset", "PreparedData", "build_model",
-           "evaluate_model", "fit_production", "fit_with_validation", "load_dataset", "make_split", "model_input", "model_options", "prepare",
-           "sample_recommendations"]
+           "evaluate_model", "fit_production", "fit_with_validation", "load_dataset", "make_split", "model_input", "model_options", "next_item_summary",
+           "prepare", "sample_recommendations", "tied_test_items"]
 
 #: Top-N protocols of docs/protocols.md; "strong" folds held-out users in at evaluation time.
 RANKING_PROTOCOLS = ("random", "temporal", "loo", "strong")
@@ -136,12 +136,39 @@ def _validation_split(train: pd.DataFrame, protocol: str) -> Split:
 
 def evaluate_model(model: Recommender, data: PreparedData, ks=KS,
                    show_progress: bool = False) -> RankingResult:
-    """Full-catalog ranking metrics on the test target (fold-in for strong generalization)."""
+    """Full-catalog ranking metrics on the test target (fold-in for strong generalization).
+
+    A sequence model (``uses_order``) ranks after every training event: a model kept from early
+    stopping (fitted without the validation event) observes the train sequences first.
+    """
+    if model.uses_order and data.fold_in is None:
+        model.observe(data.train.sequences())
     if data.fold_in is not None:
         return evaluate_ranking(model, model_input(model, data.fold_in), data.test.user_items, ks,
                                 fold_in=True, show_progress=show_progress)
     return evaluate_ranking(model, model_input(model, data.train), data.test.user_items, ks,
                             show_progress=show_progress)
+
+
+def tied_test_items(data: PreparedData) -> int:
+    """How many test items share their timestamp with the user's last training event (their
+    order was decided by the protocol's seeded tie rule, ``data/sequences.py``)."""
+    train = data.train.sequences()
+    has = train.lengths[data.test.user_idx] > 0
+    last = train.timestamps[train.indptr[1:][data.test.user_idx[has]] - 1]
+    return int((data.test.timestamps[has] == last).sum())
+
+
+def next_item_summary(model: Recommender, data: PreparedData) -> dict[str, Any]:
+    """Next-item metrics of the ``loo`` protocol (HR@10/20, NDCG@10/20, exact MRR) and the
+    number of test items whose order was a timestamp tie."""
+    if data.fold_in is not None:
+        raise ValueError("next-item metrics are defined for the loo protocol")
+    if model.uses_order:
+        model.observe(data.train.sequences())
+    summary: dict[str, Any] = evaluate_next_item(model, data.train.user_items, data.test.user_items)
+    summary["n_tied_test"] = tied_test_items(data)
+    return summary
 
 
 def sample_recommendations(model: Recommender, fitted_on: Interactions, items: pd.DataFrame | None,

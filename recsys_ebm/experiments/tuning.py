@@ -62,6 +62,12 @@ def model_input(model: Recommender, interactions: Interactions) -> sp.csr_matrix
     return interactions.rating_matrix if model.fits_ratings else interactions.user_items
 
 
+def order_input(model: Recommender, interactions: Interactions) -> dict[str, Any]:
+    """``fit``'s ``sequences=`` (the ordered view, ``Interactions.sequences``) for a model that
+    reads the order of a history (``uses_order``); ``{}`` for the set models."""
+    return {"sequences": interactions.sequences()} if model.uses_order else {}
+
+
 def has_option(name: str, option: str) -> bool:
     """Whether model ``name``'s config declares ``option`` (e.g. ``seed``)."""
     return option in {f.name for f in dataclasses.fields(model_class(name).config_class)}
@@ -79,7 +85,7 @@ def early_stop(name: str, options: dict[str, Any], data: PreparedData, *, callba
     model = build_model(name, options)
     start = time.perf_counter()
     model.fit(model_input(model, data.fit_part), validation=model_input(model, data.validation),
-              callback=callback, show_progress=show_progress)
+              callback=callback, show_progress=show_progress, **order_input(model, data.fit_part))
     return model, time.perf_counter() - start
 
 
@@ -95,7 +101,8 @@ def fit_on_train(name: str, options: dict[str, Any], train: Interactions, *, cal
     """Fit on all of ``train`` (no validation): (model, wall seconds)."""
     model = build_model(name, options)
     start = time.perf_counter()
-    model.fit(model_input(model, train), callback=callback, show_progress=show_progress)
+    model.fit(model_input(model, train), callback=callback, show_progress=show_progress,
+              **order_input(model, train))
     return model, time.perf_counter() - start
 
 

@@ -6,11 +6,14 @@ a ``config_class`` (a frozen dataclass) and ``save``/``load``.
 
 from __future__ import annotations
 
+from recsys_ebm.models.attn_ebm import AttnEBM
 from recsys_ebm.models.base import Recommender
 from recsys_ebm.models.baselines import EASE, ItemKNN, MostPopular
 from recsys_ebm.models.crbm import CRBM
 from recsys_ebm.models.dot_ebm import DotEBM
 from recsys_ebm.models.factor_baselines import ALS, BPR
+from recsys_ebm.models.markov import MarkovChain
+from recsys_ebm.models.seq_crbm import SeqCRBM
 
 MODELS: dict[str, type[Recommender]] = {
     "dpebm": DotEBM,
@@ -20,6 +23,10 @@ MODELS: dict[str, type[Recommender]] = {
     "bpr": BPR,
     "itemknn": ItemKNN,
     "ease": EASE,
+    # next-item models: they read the order of each history (models/sequential.py)
+    "markov": MarkovChain,
+    "attnebm": AttnEBM,
+    "seqcrbm": SeqCRBM,
 }
 
 

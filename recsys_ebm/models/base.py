@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import scipy.sparse as sp
 
+from recsys_ebm.data.sequences import Sequences
 from recsys_ebm.data.sparse import canonical_csr
 from recsys_ebm.ranking.factored import rank_vectors
 from recsys_ebm.ranking.select import select
@@ -79,6 +80,10 @@ class Recommender(ABC):
     deterministic: bool = False
     #: trains in epochs with early stopping on a validation split (``epochs`` is refit)
     trains_in_epochs: bool = False
+    #: reads the order of a history (a sequence model, ``models/sequential.py``): ``fit`` also
+    #: takes ``sequences=`` (a :class:`~recsys_ebm.data.sequences.Sequences`, one row per user)
+    #: and scores trained users from those; set models never receive an order
+    uses_order: bool = False
 
     @abstractmethod
     def fit(self, user_items: sp.csr_matrix, *, callback: EpochCallback | None = None,
@@ -167,6 +172,7 @@ class Recommender(ABC):
         fold_in: bool = False,
         n_threads: int | None = 1,
         with_probabilities: bool = False,
+        sequences: Sequences | None = None,
         **aliases,
     ):
         """Top-k (T = 0) or sampled (T > 0) items per user: the toolkit's one ranking.
@@ -186,6 +192,9 @@ class Recommender(ABC):
         n_threads : worker threads for models with vectors (None = every CPU).
         with_probabilities : also return p(i | u, T) of each returned item over the items
             the user may receive (at T = 1 for the ranking), float64 (n, k), NaN for padding.
+        sequences : ordered histories aligned with ``user_ids`` (a ``Sequences``) for models
+            that read the order (``uses_order``); ``user_items`` defaults to their set view, so
+            set models rank the same histories as sets.
         aliases : implicit's names ``N`` (k), ``filter_already_liked_items`` (filter_seen)
             and ``recalculate_user`` (fold_in).
 
@@ -197,9 +206,15 @@ class Recommender(ABC):
         k, filter_seen, fold_in = _implicit_aliases(aliases, k, filter_seen, fold_in)
         k, temperature = check_k(k), check_temperature(temperature)
         user_ids = check_user_ids(user_ids, None if fold_in else self.n_users)
+        if sequences is not None:
+            if len(sequences) != len(user_ids) or sequences.n_items != self.n_items:
+                raise ValueError(f"sequences has {len(sequences)} rows over {sequences.n_items} items "
+                                 f"for {len(user_ids)} user ids and a model of {self.n_items} items")
+            user_items = sequences.to_csr() if user_items is None else user_items
         if user_items is not None:
             user_items = check_user_items(user_items, n_items=self.n_items)
-        rows = align_rows(user_items, user_ids, None if fold_in else self.n_users, aligned=fold_in)
+        rows = align_rows(user_items, user_ids, None if fold_in else self.n_users,
+                          aligned=fold_in or sequences is not None)
         if fold_in and rows is None:
             raise ValueError("fold_in=True needs user_items aligned with user_ids")
         exclude = None
@@ -210,7 +225,7 @@ class Recommender(ABC):
             exclude=None if exclude is None else self._interaction_pattern(exclude),
             mask=item_mask(self.n_items, items, filter_items), k=k, temperature=temperature,
             seed=seed_from(rng), keys=user_ids, with_log_p=with_probabilities,
-            batch_size=batch_size, n_threads=n_threads)
+            batch_size=batch_size, n_threads=n_threads, sequences=sequences)
         ids, scores, log_p = self._rank(request)
         if with_probabilities:
             return ids, scores, np.where(ids >= 0, np.exp(log_p), np.nan)
@@ -247,13 +262,24 @@ class Recommender(ABC):
         selected by :func:`recsys_ebm.ranking.select.select`. Models with a faster exact
         path (vectors, an index) override this, never ``recommend``."""
         r = request
+
+        def block_scores(start: int, stop: int) -> np.ndarray:
+            history = r.history[start:stop] if r.history is not None else None
+            return self.score(r.user_ids[start:stop], history)
+
+        return self._rank_blocks(r, block_scores)
+
+    @staticmethod
+    def _rank_blocks(r: RankRequest, block_scores: Callable[[int, int], np.ndarray]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The one block loop: ``block_scores(start, stop)`` (the scores of users
+        ``start..stop-1`` of the request) masked and selected block by block."""
         n, step = len(r.user_ids), r.batch_size or 2048
         ids, values = np.empty((n, r.k), np.int64), np.empty((n, r.k), np.float32)
         log_p = np.empty((n, r.k)) if r.with_log_p else None
         for start in range(0, n, step):
             stop = min(start + step, n)
-            history = r.history[start:stop] if r.history is not None else None
-            scores = np.array(self.score(r.user_ids[start:stop], history), dtype=np.float32, order="C")
+            scores = np.array(block_scores(start, stop), dtype=np.float32, order="C")
             mask_rows(scores, r.exclude, start)
             if r.mask is not None:
                 scores[:, ~r.mask] = -np.inf
@@ -271,7 +297,8 @@ class RankRequest:
 
     ``history`` (n, n_items) is set for fold-in; ``exclude`` (n, n_items) canonical CSR rows
     aligned with ``user_ids``; ``mask`` bool (n_items,) of returnable items; ``keys`` the users'
-    sampling keys.
+    sampling keys; ``sequences`` the ordered histories aligned with ``user_ids`` when the caller
+    gave them (read only by models that ``uses_order``).
     """
 
     user_ids: np.ndarray
@@ -285,6 +312,7 @@ class RankRequest:
     with_log_p: bool
     batch_size: int | None
     n_threads: int | None
+    sequences: Sequences | None = None
 
 
 def seed_from(rng: np.random.Generator | int | None) -> int:
