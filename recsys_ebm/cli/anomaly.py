@@ -50,7 +50,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     detect.add_argument("--set", dest="overrides", action="append", default=[], type=parse_override,
                         metavar="KEY=VALUE",
                         help="override an AnomalyConfig option, dotted for the models "
-                             "(crbm.epochs=10, dpebm.dim=32; repeatable)")
+                             "(crbm.epochs=10, dpebm.dim=32, multvae.epochs=30; repeatable)")
     detect.add_argument("--threads", type=int, default=None,
                         help="torch threads (1 is fastest for these small models on a busy machine)")
     detect.add_argument("--json", dest="json_path", default=None, help="write the results here")
@@ -71,8 +71,9 @@ def _anomaly_config(args):
     for key, value in args.overrides:
         target, *path = key.split(".")
         if path:
-            if target not in ("crbm", "dpebm") or len(path) != 1:
-                raise ValueError(f"--set {key}: dotted keys are crbm.<option> or dpebm.<option>")
+            if target not in ("crbm", "dpebm", "multvae") or len(path) != 1:
+                raise ValueError(f"--set {key}: dotted keys are crbm.<option>, dpebm.<option> "
+                                 "or multvae.<option>")
             values[target][path[0]] = value
         else:
             values[target] = value
@@ -97,6 +98,7 @@ def cmd_anomaly(args) -> int:
     import dataclasses
 
     from recsys_ebm.anomaly.protocol import headline_comparison
+    from recsys_ebm.anomaly.versus import ebm_vs_vae
     from recsys_ebm.data.interactions import Interactions
 
     if args.threads is not None:
@@ -119,7 +121,8 @@ def cmd_anomaly(args) -> int:
         document = {"dataset": dataset.name, "config": dataclasses.asdict(config),
                     "info": result.info, "results": result.table.to_dict("records"),
                     "interactions": result.interactions.to_dict("records"),
-                    "headline": headline.to_dict("records")}
+                    "headline": headline.to_dict("records"),
+                    "ebm_vs_vae": ebm_vs_vae(result.table).to_dict("records")}
         tracker.log_dict(document, "anomaly.json")
         tracker.log_table(result.table, "anomaly_cells.csv")
         for row in document["headline"]:
@@ -179,6 +182,7 @@ def _log_plots(args, result, dataset, tracker) -> None:
 def _write_tables(args, result, headline) -> None:
     """The results as markdown tables on stdout, and the headline comparison when the cells hold it."""
     from recsys_ebm.anomaly.report import markdown_table
+    from recsys_ebm.anomaly.versus import ebm_vs_vae
 
     columns = ["setting", "attack", "attack_size", "filler_size", "detector", "auc", "fpr",
                "detection_rate", "precision", "f1", "shift_filtered"]
@@ -192,6 +196,9 @@ def _write_tables(args, result, headline) -> None:
                       f"{result.table['shift_attacked'].iloc[0]:+.3f}\n")
     if len(headline):
         write_out("\n" + markdown_table(headline) + "\n")
+    versus = ebm_vs_vae(result.table)
+    if len(versus):
+        write_out("\nenergy-based models vs the VAE:\n" + markdown_table(versus) + "\n")
 
 
 def _anomaly_jsonable(obj: Any) -> Any:

@@ -11,6 +11,7 @@ from recsys_ebm.models.baselines import EASE, ItemKNN, MostPopular
 from recsys_ebm.models.crbm import CRBM
 from recsys_ebm.models.dot_ebm import DotEBM
 from recsys_ebm.models.factor_baselines import ALS, BPR
+from recsys_ebm.models.multvae import MultVAE
 
 MODELS: dict[str, type[Recommender]] = {
     "dpebm": DotEBM,
@@ -20,6 +21,7 @@ MODELS: dict[str, type[Recommender]] = {
     "bpr": BPR,
     "itemknn": ItemKNN,
     "ease": EASE,
+    "multvae": MultVAE,
 }
 
 
