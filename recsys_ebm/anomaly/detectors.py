@@ -313,10 +313,11 @@ class CRBMDetector(Detector):
 
 
 def default_multvae_config() -> MultVAEConfig:
-    """The detector's Mult-VAE: the paper's architecture (600 -> 200), fixed epochs without
-    validation (one model per cell), beta annealed to 0.2 over the first 20 epochs of ML-100K
-    (mini-batches of 100 users)."""
-    return MultVAEConfig(epochs=60, batch_size=100, total_anneal_steps=200, beta_max=0.2, seed=0)
+    """The detector's Mult-VAE: the paper's architecture (600 -> 200), short training without
+    validation (one model per cell, as for the CRBM and the dot-product EBM): 30 epochs in
+    mini-batches of 100 users, beta annealed to 0.2 over the first 100 updates (10 epochs of
+    ML-100K). On the 5% / 5% average attack 30 and 60 epochs both gave ROC AUC 1.000."""
+    return MultVAEConfig(epochs=30, batch_size=100, total_anneal_steps=100, beta_max=0.2, seed=0)
 
 
 class MultVAEDetector(Detector):
