@@ -14,4 +14,4 @@ class TestMultVAEContract(ModelContract):
 
     def make_model(self, seed: int) -> MultVAE:
         return MultVAE(hidden=16, latent=4, dropout=0.2, beta_max=0.2, total_anneal_steps=50,
-                       epochs=150, batch_size=8, lr=0.02, seed=seed)
+                       epochs=80, batch_size=8, lr=0.02, seed=seed)
