@@ -26,6 +26,7 @@ MODELS = {
     "itemknn": [],
     "pop": [],
     "crbm": ["--set", "epochs=3", "--set", "n_hidden=16"],
+    "multvae": ["--set", "epochs=3", "--set", "patience=1", "--set", "hidden=32", "--set", "latent=8"],
 }
 TEMPERATURES = (0.0, 0.5, 2.0)
 SEED = 7

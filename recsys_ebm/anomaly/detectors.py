@@ -14,6 +14,13 @@ Registered detectors:
   inversion; the one-sided versions stay in every report.)
 - ``dpebm``: mean energy -1/n_u sum_{i in u} log p(i | u) of the profile's items under the
   dot-product EBM (``recsys_ebm.models.dot_ebm``): which items, not their ratings.
+- ``multvae*``: the negative ELBO of the profile's items under Mult-VAE
+  (``recsys_ebm.models.multvae``), the likelihood-based peer of the energies: which items, not
+  their ratings, like ``dpebm``. -ELBO = E_q[-sum_i x_i log pi_i(z)] + KL(q(z | x) || p(z)) (beta
+  = 1, the bound on -log p(x) up to the multinomial coefficient), estimated with seeded samples
+  of z. Its encoder is amortised, so in-sample and fold-in scores coincide. Registered as
+  ``multvae`` (-ELBO / n_u), ``multvae_raw`` (-ELBO) and ``multvae_z`` (|z| against genuine
+  profiles of similar length, the two-sided test of ``crbm``).
 - ``rdma``: Rating Deviation from Mean Agreement (Chirita, Nejdl & Zamfir 2005),
   1/n_u sum_{i in u} |r_ui - mean_i| / n_i.
 - ``pca``: PCA-VarSelect (Mehta & Nejdl 2009): users' ratings z-scored per user (missing 0),
@@ -26,7 +33,7 @@ Registered detectors:
 interaction-level scores that the ``crbm`` and ``dpebm`` models also give.
 
 Detectors use only the models' public methods (``DotEBM.score``, ``CRBM.free_energy``,
-``CRBM.predict_proba_all``).
+``CRBM.predict_proba_all``, ``MultVAE.negative_elbo``).
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from recsys_ebm.anomaly.attacks import ItemStats
 from recsys_ebm.anomaly.ratings import CHUNK_USERS, as_ratings, row_means, row_of
 from recsys_ebm.models.crbm import CRBM, CRBMConfig
 from recsys_ebm.models.dot_ebm import DotEBM, DotEBMConfig
+from recsys_ebm.models.multvae import MultVAE, MultVAEConfig
 
 # ----------------------------------------------------------------------------- interface
 
@@ -304,6 +312,37 @@ class CRBMDetector(Detector):
         return out
 
 
+def default_multvae_config() -> MultVAEConfig:
+    """The detector's Mult-VAE: the paper's architecture (600 -> 200), short training without
+    validation (one model per cell, as for the CRBM and the dot-product EBM): 30 epochs in
+    mini-batches of 100 users, beta annealed to 0.2 over the first 100 updates (10 epochs of
+    ML-100K). On the 5% / 5% average attack 30 and 60 epochs both gave ROC AUC 1.000."""
+    return MultVAEConfig(epochs=30, batch_size=100, total_anneal_steps=100, beta_max=0.2, seed=0)
+
+
+class MultVAEDetector(Detector):
+    """Negative ELBO of each profile (its binary pattern of rated items) under Mult-VAE.
+
+    ``samples`` draws of z (seeded) estimate the expected log-likelihood; the KL is exact.
+    """
+
+    name = "multvae"
+
+    def __init__(self, config: MultVAEConfig | None = None, samples: int = 8, seed: int = 0):
+        self.config = config or default_multvae_config()
+        self.samples = samples
+        self.seed = seed
+        self.model: MultVAE | None = None
+
+    def fit(self, ratings: sp.csr_matrix) -> MultVAEDetector:
+        self.model = MultVAE(self.config).fit(as_ratings(ratings), show_progress=False)
+        return self
+
+    def score(self, profiles: sp.csr_matrix, user_ids: np.ndarray | None = None) -> np.ndarray:
+        # the encoder is amortised: a profile's ELBO is a function of the profile alone
+        return self.model.negative_elbo(as_ratings(profiles), samples=self.samples, seed=self.seed)
+
+
 # ----------------------------------------------------------------------------- registry
 
 
@@ -313,6 +352,7 @@ class DetectorOptions(Protocol):
 
     crbm: CRBMConfig
     dpebm: DotEBMConfig
+    multvae: MultVAEConfig
     split_seed: int
 
 
@@ -326,7 +366,8 @@ class DetectorSpec:
         it is fitted once for all of them.
     build : a fresh, unfitted model from the options.
     normalization : applied to the model's raw scores (``recsys_ebm.anomaly.scoring``).
-    family : "energy" (an energy-based model), "classic" (a published baseline) or "control".
+    family : "energy" (an energy-based model), "vae" (the variational autoencoder the energies
+        are compared with), "classic" (a published baseline) or "control".
     interaction : the model also scores single ratings (``Detector.interaction_scores``).
     """
 
@@ -345,6 +386,10 @@ def _dpebm(options: DetectorOptions) -> Detector:
     return DotEBMDetector(options.dpebm)
 
 
+def _multvae(options: DetectorOptions) -> Detector:
+    return MultVAEDetector(options.multvae, seed=options.split_seed)
+
+
 #: Detector name -> spec, in report order.
 DETECTORS: dict[str, DetectorSpec] = {
     "crbm": DetectorSpec("crbm", _crbm, "length_z_abs", "energy", interaction=True),
@@ -352,6 +397,9 @@ DETECTORS: dict[str, DetectorSpec] = {
     "crbm_per_rating": DetectorSpec("crbm", _crbm, "per_rating", "energy", interaction=True),
     "crbm_raw": DetectorSpec("crbm", _crbm, "none", "energy", interaction=True),
     "dpebm": DetectorSpec("dpebm", _dpebm, "none", "energy", interaction=True),
+    "multvae": DetectorSpec("multvae", _multvae, "per_rating", "vae"),
+    "multvae_z": DetectorSpec("multvae", _multvae, "length_z_abs", "vae"),
+    "multvae_raw": DetectorSpec("multvae", _multvae, "none", "vae"),
     "rdma": DetectorSpec("rdma", lambda options: RDMADetector()),
     "pca": DetectorSpec("pca", lambda options: PCAVarSelectDetector(seed=options.split_seed)),
     "random": DetectorSpec("random", lambda options: RandomDetector(seed=options.split_seed),
@@ -360,6 +408,7 @@ DETECTORS: dict[str, DetectorSpec] = {
 #: Detectors built on an energy-based model, and the classic baselines they are compared with.
 ENERGY_DETECTORS = tuple(name for name, spec in DETECTORS.items() if spec.family == "energy")
 CLASSIC_DETECTORS = tuple(name for name, spec in DETECTORS.items() if spec.family == "classic")
+VAE_DETECTORS = tuple(name for name, spec in DETECTORS.items() if spec.family == "vae")
 
 
 def models_for(detectors: tuple[str, ...]) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ from recsys_ebm.anomaly.detectors import (
     build_model,
     default_crbm_config,
     default_dpebm_config,
+    default_multvae_config,
     interaction_models,
     models_for,
 )
@@ -43,6 +44,7 @@ from recsys_ebm.config import Config, check
 from recsys_ebm.data.interactions import Interactions
 from recsys_ebm.models.crbm import CRBMConfig
 from recsys_ebm.models.dot_ebm import DotEBMConfig
+from recsys_ebm.models.multvae import MultVAEConfig
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +77,11 @@ class AnomalyConfig(Config):
     interaction_share : share of a test user's ratings corrupted (at least 1) for the
         interaction-level evaluation.
     split_seed : seed of the user split, the corruptions and the seeded detectors.
-    crbm, dpebm : model configs (the CRBM must be user-oriented).
+    crbm, dpebm, multvae : model configs (the CRBM must be user-oriented).
     """
 
     detectors: tuple[str, ...] = ("crbm", "crbm_length_z", "crbm_per_rating", "crbm_raw",
-                                  "dpebm", "rdma", "pca")
+                                  "dpebm", "multvae", "multvae_z", "multvae_raw", "rdma", "pca")
     settings: tuple[str, ...] = SETTINGS
     fpr: float = 0.01
     calibration_share: float = 0.2
@@ -89,12 +91,15 @@ class AnomalyConfig(Config):
     split_seed: int = 0
     crbm: CRBMConfig = dataclasses.field(default_factory=default_crbm_config)
     dpebm: DotEBMConfig = dataclasses.field(default_factory=default_dpebm_config)
+    multvae: MultVAEConfig = dataclasses.field(default_factory=default_multvae_config)
 
     def __post_init__(self) -> None:
         if isinstance(self.crbm, dict):
             object.__setattr__(self, "crbm", CRBMConfig.from_dict(self.crbm))
         if isinstance(self.dpebm, dict):
             object.__setattr__(self, "dpebm", DotEBMConfig.from_dict(self.dpebm))
+        if isinstance(self.multvae, dict):
+            object.__setattr__(self, "multvae", MultVAEConfig.from_dict(self.multvae))
         object.__setattr__(self, "detectors", tuple(self.detectors))
         object.__setattr__(self, "settings", tuple(self.settings))
         unknown = [d for d in self.detectors if d not in DETECTORS]

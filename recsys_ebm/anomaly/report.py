@@ -14,12 +14,14 @@ from recsys_ebm.anomaly.attacks import ATTACK_KINDS
 from recsys_ebm.anomaly.detectors import CLASSIC_DETECTORS, DETECTORS, ENERGY_DETECTORS
 from recsys_ebm.anomaly.protocol import SETTINGS, TARGET_AUC, GridResult, headline_comparison
 from recsys_ebm.anomaly.scoring import roc_auc
+from recsys_ebm.anomaly.versus import PAIR, TIE_MARGIN, ebm_vs_vae, tally
 
 logger = logging.getLogger(__name__)
 
 #: (setting, detector) pairs whose score histograms the report plots.
 PLOTTED = (("clean", "crbm_raw"), ("clean", "crbm_per_rating"), ("clean", "dpebm"),
-           ("contaminated", "crbm_raw"), ("contaminated", "crbm"), ("contaminated", "dpebm"))
+           ("clean", "multvae"), ("contaminated", "crbm_raw"), ("contaminated", "crbm"),
+           ("contaminated", "dpebm"), ("contaminated", "multvae"))
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -228,13 +230,18 @@ def _setup_lines(result: GridResult, dataset: str, command: str) -> list[str]:
         f"- Models, short training (one per cell in the contaminated setting): CRBM user-oriented, "
         f"F={config.crbm.n_hidden} hiddens, {config.crbm.epochs} epochs CD, conditional="
         f"{config.crbm.conditional}; dot-product EBM dim {config.dpebm.dim}, {config.dpebm.epochs} "
-        f"epochs exact softmax, fold-in {config.dpebm.fold_in_epochs} steps.",
+        f"epochs exact softmax, fold-in {config.dpebm.fold_in_epochs} steps; Mult-VAE "
+        f"{config.multvae.hidden} -> {config.multvae.latent}, {config.multvae.epochs} epochs, "
+        f"beta annealed to {config.multvae.beta_max:g} over {config.multvae.total_anneal_steps} "
+        f"updates, input dropout {config.multvae.dropout:g}.",
         "- Detectors: `crbm` = |z|, z = the free energy per rating F / n_u z-scored against the "
         "genuine calibration profiles of similar length (local-linear kernel fit in log n_u, "
         "each calibration user left out of its own z; two-sided typicality test, the default); "
         "`crbm_length_z` = z, one-sided; `crbm_per_rating` = F / n_u; `crbm_raw` = F; "
         "`dpebm` = mean -log p(i|u) of "
-        "the profile's items; `rdma` = RDMA (Chirita et al. 2005); `pca` = PCA-VarSelect "
+        "the profile's items; `multvae` = the negative ELBO of the profile's items under "
+        "Mult-VAE (beta = 1, 8 seeded samples of z) per rated item, `multvae_raw` = the "
+        "negative ELBO, `multvae_z` = its two-sided length z like `crbm`; `rdma` = RDMA (Chirita et al. 2005); `pca` = PCA-VarSelect "
         "(Mehta & Nejdl 2009, 3 components).",
         f"- Prediction shift: mean change of the target's predicted rating by a user-kNN "
         f"recommender (k={config.knn_k}, mean-centred cosine) for genuine users who did not rate "
@@ -254,6 +261,32 @@ def _headline_lines(result: GridResult, target_auc: float) -> list[str]:
             f"RDMA and PCA-VarSelect; pass = AUC >= the target {target_auc} and >= the classic "
             "one.", "",
             markdown_table(headline), ""]
+
+
+def _versus_lines(result: GridResult) -> list[str]:
+    """The energy-based detectors against the VAE, every cell (empty without both)."""
+    comparison = ebm_vs_vae(result.table)
+    if not len(comparison):
+        return []
+    counts = tally(comparison)
+    lines = ["## Energy-based models vs the VAE, cell by cell", "",
+             "Per cell (setting, attack, size, filler, attack seed): the best energy detector "
+             "(the CRBM scores and dpebm) against the best Mult-VAE detector by ROC AUC; "
+             f"`winner` is the family ahead by more than {TIE_MARGIN:g} AUC, else a tie. The "
+             f"like-for-like pair `{PAIR[0]}` / `{PAIR[1]}` (both score which items a profile "
+             "holds, per item) is compared the same way.", ""]
+    for setting, count in counts.items():
+        line = f"- {setting}: EBM better in {count['EBM']} cells, VAE in {count['VAE']}, tie in {count['tie']}"
+        column = f"{PAIR[0]} vs {PAIR[1]}"
+        if column in comparison.columns:
+            pair = tally(comparison, column)[setting]
+            line += (f"; {PAIR[0]} vs {PAIR[1]}: {PAIR[0]} better in {pair['EBM']}, "
+                     f"{PAIR[1]} in {pair['VAE']}, tie in {pair['tie']}")
+        lines.append(line + ".")
+    shown = comparison.copy()
+    for column in ("attack_size", "filler_size"):
+        shown[column] = (100 * shown[column]).round(0).astype(int).astype(str) + "%"
+    return [*lines, "", markdown_table(shown), ""]
 
 
 def _setting_lines(result: GridResult) -> list[str]:
@@ -306,6 +339,7 @@ def write_report(result: GridResult, markdown_path, plot_path, *, dataset: str =
     markdown_path.parent.mkdir(parents=True, exist_ok=True)
     plot_histograms(result, plot_path)
     lines = [*_setup_lines(result, dataset, command), *_headline_lines(result, target_auc),
+             *_versus_lines(result),
              *_summary_lines(result.table, result.info["seed"]), *_setting_lines(result),
              *_interaction_lines(result), f"![score histograms]({plot_path.name})", "",
              *_cell_lines(result.table)]

@@ -50,13 +50,16 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     detect.add_argument("--set", dest="overrides", action="append", default=[], type=parse_override,
                         metavar="KEY=VALUE",
                         help="override an AnomalyConfig option, dotted for the models "
-                             "(crbm.epochs=10, dpebm.dim=32; repeatable)")
+                             "(crbm.epochs=10, dpebm.dim=32, multvae.epochs=30; repeatable)")
     detect.add_argument("--threads", type=int, default=None,
                         help="torch threads (1 is fastest for these small models on a busy machine)")
     detect.add_argument("--json", dest="json_path", default=None, help="write the results here")
     detect.add_argument("--grid", action="store_true",
                         help="run every attack (random/average/bandwagon/segment) x size (1/5/10%%) "
                              "x filler (3/5/10%%) and write the markdown report + plot")
+    detect.add_argument("--headline", action="store_true",
+                        help="run only the headline cells (average/random/bandwagon at 5%% attack, "
+                             "5%% filler, attack seeds 0, 1, 2) and write anomaly-headline.md + plot")
     detect.add_argument("--report-dir", default=None,
                         help="where --grid writes anomaly.md/.png (default reports/<dataset>-<variant>)")
 
@@ -71,8 +74,9 @@ def _anomaly_config(args):
     for key, value in args.overrides:
         target, *path = key.split(".")
         if path:
-            if target not in ("crbm", "dpebm") or len(path) != 1:
-                raise ValueError(f"--set {key}: dotted keys are crbm.<option> or dpebm.<option>")
+            if target not in ("crbm", "dpebm", "multvae") or len(path) != 1:
+                raise ValueError(f"--set {key}: dotted keys are crbm.<option>, dpebm.<option> "
+                                 "or multvae.<option>")
             values[target][path[0]] = value
         else:
             values[target] = value
@@ -97,6 +101,7 @@ def cmd_anomaly(args) -> int:
     import dataclasses
 
     from recsys_ebm.anomaly.protocol import headline_comparison
+    from recsys_ebm.anomaly.versus import ebm_vs_vae
     from recsys_ebm.data.interactions import Interactions
 
     if args.threads is not None:
@@ -106,7 +111,10 @@ def cmd_anomaly(args) -> int:
     config = _anomaly_config(args)
     dataset = dataset_from_args(args)
     genuine = Interactions.from_frame(dataset.ratings, name=dataset.name)
-    run_name = "anomaly-grid" if args.grid else f"anomaly-{args.attack}-{args.intent}"
+    if args.grid and args.headline:
+        raise ValueError("--grid and --headline are alternatives: pass one of them")
+    run_name = ("anomaly-grid" if args.grid else "anomaly-headline" if args.headline
+                else f"anomaly-{args.attack}-{args.intent}")
     with tracker_from_args(args, run_name) as tracker:
         tracker.log_params({"anomaly": dataclasses.asdict(config), "grid": args.grid,
                             "attack": {"kind": args.attack, "intent": args.intent,
@@ -119,7 +127,8 @@ def cmd_anomaly(args) -> int:
         document = {"dataset": dataset.name, "config": dataclasses.asdict(config),
                     "info": result.info, "results": result.table.to_dict("records"),
                     "interactions": result.interactions.to_dict("records"),
-                    "headline": headline.to_dict("records")}
+                    "headline": headline.to_dict("records"),
+                    "ebm_vs_vae": ebm_vs_vae(result.table).to_dict("records")}
         tracker.log_dict(document, "anomaly.json")
         tracker.log_table(result.table, "anomaly_cells.csv")
         for row in document["headline"]:
@@ -137,12 +146,12 @@ def _run(args, genuine, config, tracker):
     """The grid (``--grid``) or the one attack cell of the arguments, each cell logged."""
     import dataclasses
 
-    from recsys_ebm.anomaly.protocol import run_grid
+    from recsys_ebm.anomaly.protocol import HEADLINE_ATTACKS, HEADLINE_SIZE, run_grid
 
     def log_cell(cell) -> None:
         name = (f"{cell.attack.kind}-{cell.attack.attack_size:g}-{cell.attack.filler_size:g}"
                 f"-s{cell.attack.seed}")
-        if args.grid:
+        if args.grid or args.headline:
             with tracker.child(name) as child:
                 child.log_params(dataclasses.asdict(cell.attack))
                 child.log_metrics(_cell_metrics(cell))
@@ -151,24 +160,30 @@ def _run(args, genuine, config, tracker):
 
     if args.grid:
         return run_grid(genuine, config, intent=args.intent, seed=args.seed, on_cell=log_cell)
+    if args.headline:
+        return run_grid(genuine, config, kinds=HEADLINE_ATTACKS, attack_sizes=(HEADLINE_SIZE,),
+                        filler_sizes=(HEADLINE_SIZE,), intent=args.intent, seed=args.seed,
+                        on_cell=log_cell)
     return run_grid(genuine, config, kinds=(args.attack,), attack_sizes=(args.attack_size,),
                     filler_sizes=(args.filler_size,), intent=args.intent, seed=args.seed,
                     headline_seeds=(), on_cell=log_cell)
 
 
 def _log_plots(args, result, dataset, tracker) -> None:
-    """``--grid``: the markdown report and plot, written and logged; otherwise the plot alone."""
+    """``--grid`` / ``--headline``: the markdown report and plot (``anomaly`` /
+    ``anomaly-headline``), written and logged; otherwise the plot alone."""
     import tempfile
 
     from recsys_ebm.anomaly.report import plot_histograms, write_report
 
-    if args.grid:
+    if args.grid or args.headline:
         label = f"{args.dataset}-{args.variant}" if args.dataset == "movielens" else dataset.name
         out = Path(args.report_dir or Path("reports") / label)
-        write_report(result, out / "anomaly.md", out / "anomaly.png", dataset=dataset.name,
-                     command="make anomaly")
-        tracker.log_artifact(out / "anomaly.md", "report")
-        tracker.log_artifact(out / "anomaly.png", "report")
+        stem = "anomaly" if args.grid else "anomaly-headline"
+        write_report(result, out / f"{stem}.md", out / f"{stem}.png", dataset=dataset.name,
+                     command="make anomaly" if args.grid else "make anomaly-headline")
+        tracker.log_artifact(out / f"{stem}.md", "report")
+        tracker.log_artifact(out / f"{stem}.png", "report")
     elif result.histograms:
         with tempfile.TemporaryDirectory() as tmp:
             plot = Path(tmp) / "anomaly.png"
@@ -179,6 +194,7 @@ def _log_plots(args, result, dataset, tracker) -> None:
 def _write_tables(args, result, headline) -> None:
     """The results as markdown tables on stdout, and the headline comparison when the cells hold it."""
     from recsys_ebm.anomaly.report import markdown_table
+    from recsys_ebm.anomaly.versus import ebm_vs_vae
 
     columns = ["setting", "attack", "attack_size", "filler_size", "detector", "auc", "fpr",
                "detection_rate", "precision", "f1", "shift_filtered"]
@@ -192,6 +208,9 @@ def _write_tables(args, result, headline) -> None:
                       f"{result.table['shift_attacked'].iloc[0]:+.3f}\n")
     if len(headline):
         write_out("\n" + markdown_table(headline) + "\n")
+    versus = ebm_vs_vae(result.table)
+    if len(versus):
+        write_out("\nenergy-based models vs the VAE:\n" + markdown_table(versus) + "\n")
 
 
 def _anomaly_jsonable(obj: Any) -> Any:

@@ -13,6 +13,7 @@ from recsys_ebm.models.crbm import CRBM
 from recsys_ebm.models.dot_ebm import DotEBM
 from recsys_ebm.models.factor_baselines import ALS, BPR
 from recsys_ebm.models.markov import MarkovChain
+from recsys_ebm.models.multvae import MultVAE
 from recsys_ebm.models.seq_crbm import SeqCRBM
 
 MODELS: dict[str, type[Recommender]] = {
@@ -23,6 +24,7 @@ MODELS: dict[str, type[Recommender]] = {
     "bpr": BPR,
     "itemknn": ItemKNN,
     "ease": EASE,
+    "multvae": MultVAE,
     # next-item models: they read the order of each history (models/sequential.py)
     "markov": MarkovChain,
     "attnebm": AttnEBM,
