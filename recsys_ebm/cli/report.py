@@ -24,7 +24,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                             "official ML-100K folds (seeded 5-fold elsewhere)")
     group.add_argument("--models", default=None,
                        help=f"comma-separated models (default: all of {','.join(MODELS)}; "
-                            "for --protocol ratings the rating models, always with the bias baseline)")
+                            "the next-item models only for --protocol loo; for --protocol ratings the "
+                            "rating models, always with the bias baseline)")
     group.add_argument("--seeds", default="0,1,2", help="comma-separated model seeds")
     group.add_argument("--output-dir", default="reports", help="the report lands in DIR/<dataset>/")
     group.add_argument("--grids", default=None,

@@ -399,8 +399,10 @@ def run_report(config: ReportConfig) -> ReportResult:
 
 
 def _model_order(config: ReportConfig) -> list[str]:
-    """``config.models`` (default: every registered model), the reference model first."""
-    names = list(config.models) if config.models else list(MODELS)
+    """``config.models`` (default: every registered model; the next-item models, which read
+    the order of a history, only under ``loo``), the reference model first."""
+    names = list(config.models) if config.models else [
+        name for name, cls in MODELS.items() if config.protocol == "loo" or not cls.uses_order]
     if REFERENCE_MODEL in names:
         names.remove(REFERENCE_MODEL)
         names.insert(0, REFERENCE_MODEL)
