@@ -206,3 +206,25 @@ def test_gibbs_lists_at_low_temperature_are_the_exact_ranking():
     lists = {tuple(exploratory_lists(chains, x, free, exact, 2, 3.0, s, np.array([0]), n_chains=2,
                                      burn_in=0, n_steps=1)[0]) for s in range(20)}
     assert len(lists) > 1
+
+
+def test_shipped_defaults_depend_on_the_protocol_kind():
+    from pathlib import Path
+
+    from recsys_ebm.experiments import tuning
+    from recsys_ebm.models.crbm import CRBMConfig
+
+    here = Path(__file__).resolve().parents[1] / "pipelines"  # this checkout's, not an install's
+
+    def tuned_defaults(name: str, kind: str) -> dict:
+        return tuning.tuned_defaults(name, here, kind=kind)
+
+    ranking = CRBMConfig.from_dict(tuned_defaults("crbm", kind="ranking"))
+    rating = CRBMConfig.from_dict(tuned_defaults("crbm", kind="rating"))
+    assert (ranking.visible, ranking.orientation, ranking.ranking_score) == ("joint", "user", "active")
+    assert (rating.visible, rating.orientation, rating.ranking_score) == ("ratings", "item", "expected")
+    # --set visible="ratings" on the ranking defaults: the rating-only item model again
+    back = CRBMConfig.from_dict({**tuned_defaults("crbm", kind="ranking"), "visible": "ratings"})
+    assert (back.visible, back.orientation) == ("ratings", "item")
+    with pytest.raises(ValueError, match="score_type"):
+        CRBMConfig(visible="ratings", score_type="active")

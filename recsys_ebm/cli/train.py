@@ -94,6 +94,7 @@ def _train_and_evaluate(args, tracker) -> tuple[runner.Dataset, runner.PreparedD
     split = runner.make_split(dataset.ratings, args.protocol, seed=0)
     data = runner.prepare(split, args.protocol)
     tracker.log_params({"model": args.model, "protocol": args.protocol, "split_seed": 0,
+                        "defaults_kind": "ranking",
                         "validation_seed": runner.VALIDATION_SEED, "refit": not args.no_refit,
                         "config": options})
     tracker.log_dataset(dataset.name, dataset.checksum, source=dataset.source,
@@ -180,7 +181,7 @@ def _evaluate_ratings(args) -> int:
         if not model_class(args.model).fits_ratings:
             raise ValueError(f"--protocol {args.protocol} needs a rating model (e.g. crbm); "
                              f"{args.model!r} ranks implicit feedback")
-        options = model_options_from_args(args)
+        options = model_options_from_args(args, kind="rating")
 
         def factory():
             return runner.build_model(args.model, options)
@@ -188,7 +189,8 @@ def _evaluate_ratings(args) -> int:
                                download=not args.no_download)
     set_threads(args.threads)
     with tracker_from_args(args, f"evaluate-{args.model}-{args.protocol}") as tracker:
-        tracker.log_params({"model": args.model, "protocol": args.protocol, "config": options})
+        tracker.log_params({"model": args.model, "protocol": args.protocol, "config": options,
+                            "defaults_kind": "rating"})
 
         def log_fold(fold: str, epoch: int, metrics: dict) -> None:
             tracker.log_metrics({f"{fold}_{k}": v for k, v in metrics.items()}, step=epoch)

@@ -103,12 +103,14 @@ def activation_scores(g: torch.Tensor, liked: torch.Tensor | None) -> torch.Tens
 
 # -------------------------------------------------------------------------- sampling
 def sample_states(module: CRBMModule, h: torch.Tensor, generator: torch.Generator,
-                  item_chunk: int, data_states: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, float]:
+                  item_chunk: int, data_states: torch.Tensor | None = None,
+                  keep_probs: bool = False) -> tuple[torch.Tensor, float, torch.Tensor | None]:
     """One draw of every item's state code from p(r_i, v_i | h): int64 (B, N); with
-    ``data_states`` (B, N) also the squared error sum ||onehot(data) - p||^2 over (user, item)."""
+    ``data_states`` (B, N) also the squared error sum ||onehot(data) - p||^2 over (user, item);
+    with ``keep_probs`` the probabilities p(r_i = 1, v_i = k | h) (B, N, K) too."""
     n, K, F = module.n_units, module.n_levels, module.n_hidden
     states = torch.empty(h.shape[0], n, dtype=torch.int64)
+    kept = torch.empty(h.shape[0], n, K, dtype=module.c.dtype) if keep_probs else None
     recon = 0.0
     for i0 in range(0, n, item_chunk):
         weights, bias = effective_weights(module, slice(i0, i0 + item_chunk))
@@ -118,10 +120,12 @@ def sample_states(module: CRBMModule, h: torch.Tensor, generator: torch.Generato
         probs = torch.softmax(logits, dim=2)
         u = torch.rand(probs.shape[:2] + (1,), generator=generator, dtype=probs.dtype)
         states[:, i0:i0 + m] = (torch.cumsum(probs, 2) < u).sum(2).clamp_max(K)
+        if kept is not None:
+            kept[:, i0:i0 + m] = probs[..., 1:]
         if data_states is not None:
             onehot = fn.one_hot(data_states[:, i0:i0 + m], K + 1).to(probs.dtype)
             recon += float(((onehot - probs) ** 2).sum())
-    return states, recon
+    return states, recon, kept
 
 
 def states_input(module: CRBMModule, states: torch.Tensor) -> torch.Tensor:
@@ -146,10 +150,12 @@ def _sample_hidden(probs: torch.Tensor, generator: torch.Generator) -> torch.Ten
 
 # -------------------------------------------------------------------------- CD-k / PCD
 def cd_gradients(module: CRBMModule, batch: CaseBatch, k: int, generator: torch.Generator,
-                 item_chunk: int, fantasy: torch.Tensor | None = None
+                 item_chunk: int, fantasy: torch.Tensor | None = None, mean_field: bool = False
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
     """CD-k (``fantasy`` None: chains start at the data) or persistent-CD ascent directions
     of the mean log-likelihood of the batch's users, each phase averaged over its chains.
+    With ``mean_field`` (CD from the data only) the last step's negative statistics use the
+    visible probabilities instead of a sample (less noise; Hinton's guide, section 3).
 
     Returns ``(grads, chains, recon)``: grads for W, b, c, D, a; the final chain states
     (the persistent chains' next state); the one-step reconstruction's summed squared error
@@ -158,17 +164,32 @@ def cd_gradients(module: CRBMModule, batch: CaseBatch, k: int, generator: torch.
     data = dense_states(batch, module.n_units)
     ph_data = torch.sigmoid(hidden_input(module, batch))
     h = _sample_hidden(ph_data, generator)
-    states, recon = sample_states(module, h, generator, item_chunk, data)
+    mean_field = mean_field and fantasy is None
+    states, recon, probs = sample_states(module, h, generator, item_chunk, data, mean_field and k == 1)
     if fantasy is not None:  # the data's reconstruction only measured the error
         states = fantasy
         k += 1
     ph_model = torch.sigmoid(states_input(module, states))
-    for _ in range(k - 1):
-        states, _ = sample_states(module, _sample_hidden(ph_model, generator), generator, item_chunk)
+    for step in range(k - 1):
+        states, _, probs = sample_states(module, _sample_hidden(ph_model, generator), generator,
+                                         item_chunk, keep_probs=mean_field and step == k - 2)
         ph_model = torch.sigmoid(states_input(module, states))
     grads = _statistics(module, data, ph_data, 1.0)
-    negative = _statistics(module, states, ph_model, -1.0)
+    negative = _statistics(module, states, ph_model, -1.0) if probs is None else \
+        _mean_field_statistics(module, probs)
     return {name: grads[name] + negative[name] for name in grads}, states, recon
+
+
+def _mean_field_statistics(module: CRBMModule, probs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Minus the mean statistics of visible probabilities (B, N, K) and their p(h)."""
+    n, K, F = module.n_units, module.n_levels, module.n_hidden
+    flat_probs = probs.reshape(len(probs), n * K)
+    weights = (module.W + module.D[:, None, :]).reshape(n * K, F)
+    ph = torch.sigmoid(module.c + flat_probs @ weights)
+    alpha = -1.0 / len(probs)
+    grad_w = (alpha * flat_probs.T @ ph).reshape(n, K, F)
+    counts = alpha * probs.sum(0)
+    return {"W": grad_w, "b": counts, "c": alpha * ph.sum(0), "D": grad_w.sum(1), "a": counts.sum(1)}
 
 
 def _statistics(module: CRBMModule, states: torch.Tensor, ph: torch.Tensor, sign: float
@@ -194,6 +215,27 @@ def apply_update(module: CRBMModule, grads: dict[str, torch.Tensor], velocity: d
         step = grads[name] - weight_decay * param if name in ("W", "D") else grads[name]
         velocity[name].mul_(momentum).add_(step, alpha=lr)
         param.add_(velocity[name])
+
+
+class Adam:
+    """Adam steps (Kingma & Ba 2015) on CD ascent directions, L2 ``weight_decay`` on W and D:
+    per-parameter step sizes suit the joint layer, whose rare items get tiny mean gradients."""
+
+    def __init__(self, module: CRBMModule, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.m = {name: torch.zeros_like(p) for name, p in module.named_parameters()}
+        self.v = {name: torch.zeros_like(p) for name, p in module.named_parameters()}
+        self.betas, self.eps, self.t = betas, eps, 0
+
+    @torch.no_grad()
+    def step(self, module: CRBMModule, grads: dict[str, torch.Tensor], lr: float, weight_decay: float) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        scale = lr * (1 - b2 ** self.t) ** 0.5 / (1 - b1 ** self.t)
+        for name, param in module.named_parameters():
+            g = grads[name] - weight_decay * param if name in ("W", "D") else grads[name]
+            self.m[name].mul_(b1).add_(g, alpha=1 - b1)
+            self.v[name].mul_(b2).addcmul_(g, g, value=1 - b2)
+            param.addcdiv_(self.m[name], self.v[name].sqrt().add_(self.eps), value=scale)
 
 
 def initial_rating_bias(n_rated: np.ndarray, n_cases: int) -> torch.Tensor:

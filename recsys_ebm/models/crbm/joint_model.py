@@ -47,6 +47,7 @@ class JointTrainer:
         self.config, self.module, self.average, self.data = config, module, average, data
         self.generator = generator
         self.velocity = {name: torch.zeros_like(p) for name, p in module.named_parameters()}
+        self.adam = joint.Adam(module) if config.optimizer == "adam" else None
         self.active = np.flatnonzero(np.diff(data.indptr) > 0)
         self.fantasy = None
         if config.persistent:
@@ -66,10 +67,13 @@ class JointTrainer:
         for start in range(0, len(order), cfg.batch_size):
             batch = self.data.batch(order[start:start + cfg.batch_size])
             grads, chains, err = joint.cd_gradients(module, batch, k, self.generator, cfg.item_chunk,
-                                                    self.fantasy)
+                                                    self.fantasy, cfg.mean_field)
             if self.fantasy is not None:
                 self.fantasy = chains
-            joint.apply_update(module, grads, self.velocity, lr, momentum, cfg.weight_decay)
+            if self.adam is not None:
+                self.adam.step(module, grads, lr, cfg.weight_decay)
+            else:
+                joint.apply_update(module, grads, self.velocity, lr, momentum, cfg.weight_decay)
             recon += err
             if self.average is not module:
                 with torch.no_grad():

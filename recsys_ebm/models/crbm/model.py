@@ -13,6 +13,7 @@ import torch.nn.functional as fn
 
 from recsys_ebm.io import save_model_dir
 from recsys_ebm.models.base import EpochCallback, Recommender, check_user_ids, check_user_items
+from recsys_ebm.models.crbm import joint
 from recsys_ebm.models.crbm.cases import (
     CaseData,
     carve,
@@ -23,7 +24,6 @@ from recsys_ebm.models.crbm.cases import (
     rating_levels,
     to_cases,
 )
-from recsys_ebm.models.crbm import joint
 from recsys_ebm.models.crbm.config import CRBMConfig
 from recsys_ebm.models.crbm.joint_model import JointCRBM
 from recsys_ebm.models.crbm.module import CRBMModule, initial_visible_bias
