@@ -18,7 +18,15 @@ import time
 
 import numpy as np
 
-from benchmarks.common import data_config, environment, load_data, name_for, peak_rss_mb, table, write_result
+from benchmarks.common import (
+    data_config,
+    environment,
+    load_data,
+    name_for,
+    peak_rss_mb,
+    table,
+    write_result,
+)
 
 
 def _ratings(user_items):
