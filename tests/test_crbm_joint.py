@@ -228,3 +228,34 @@ def test_shipped_defaults_depend_on_the_protocol_kind():
     assert (back.visible, back.orientation) == ("ratings", "item")
     with pytest.raises(ValueError, match="score_type"):
         CRBMConfig(visible="ratings", score_type="active")
+
+
+def test_faiss_retrieves_candidates_and_the_exact_score_reranks(tmp_path):
+    pytest.importorskip("faiss")
+    from recsys_ebm.models.indexed import IndexedRecommender
+    from recsys_ebm.ranking.faiss_index import EnergyIndex
+
+    rng = np.random.default_rng(1)
+    n_users, n_items = 30, 40
+    dense = np.where(rng.random((n_users, n_items)) < 0.3, rng.integers(1, 6, (n_users, n_items)), 0)
+    ratings = sp.csr_matrix(dense.astype(np.float32))
+    model = CRBM(visible="joint", n_hidden=6, epochs=5, batch_size=8, lr=0.05, val_fraction=0.0, seed=0)
+    model.fit(ratings, show_progress=False)
+    users = np.arange(n_users)
+    exact_ids, exact_scores = model.recommend(users, k=5)
+    # every unseen item a candidate: the re-ranked list is the exact ranking
+    served = IndexedRecommender(model, n_candidates=n_items)
+    served.index = EnergyIndex.build(served.model)
+    ids, scores = served.recommend(users, k=5)
+    np.testing.assert_array_equal(ids, exact_ids)
+    np.testing.assert_allclose(scores, exact_scores, rtol=1e-5, atol=1e-5)
+    # few candidates: the returned items are proxy candidates, scored exactly
+    few = IndexedRecommender(model, served.index, n_candidates=5)
+    ids, scores = few.recommend(users, k=5)
+    np.testing.assert_allclose(scores, np.take_along_axis(model.score(users), ids, 1), rtol=1e-5, atol=1e-5)
+    # saved beside the model and loaded back
+    path = served.save(tmp_path / "crbm")
+    again = IndexedRecommender.load(path, n_candidates=n_items)
+    np.testing.assert_array_equal(again.recommend(users, k=5)[0], exact_ids)
+    with pytest.raises(TypeError, match="joint"):
+        IndexedRecommender(CRBM(n_hidden=4, epochs=1, val_fraction=0.0).fit(ratings, show_progress=False))

@@ -90,6 +90,13 @@ class JointCRBM:
     def is_joint(self) -> bool:
         return self.config.visible == "joint"
 
+    def retrieval_model(self):
+        """This model as FAISS retrieval sees it (:mod:`recsys_ebm.models.crbm.retrieval`):
+        proxy vectors for the candidates, the exact score to re-rank them."""
+        from recsys_ebm.models.crbm.retrieval import CRBMRetrieval
+
+        return CRBMRetrieval(self)
+
     # ------------------------------------------------------------------ training
     def _train_joint(self, train_csr: sp.csr_matrix, val_csr: sp.csr_matrix | None, epochs: int,
                      callback, show_progress: bool) -> TrainingHistory:
