@@ -19,7 +19,7 @@ from scipy.special import logsumexp
 
 from recsys_ebm.models.base import RankRequest
 from recsys_ebm.models.crbm import joint
-from recsys_ebm.models.crbm.cases import CaseData
+from recsys_ebm.models.crbm.cases import CaseData, pattern
 from recsys_ebm.models.crbm.gibbs import ChainModel, exploratory_lists
 from recsys_ebm.models.crbm.module import CRBMModule, initial_visible_bias
 from recsys_ebm.models.crbm.trainer import TrainingMonitor
@@ -112,6 +112,10 @@ class JointCRBM:
             module.b.copy_(initial_visible_bias(data, n_levels))
             n_rated = np.bincount(data.indices, minlength=data.n_units)
             module.a.copy_(joint.initial_rating_bias(n_rated, data.n_cases))
+            if cfg.svd_init > 0:
+                binary = sp.csr_matrix((np.ones(len(data.indices)), data.indices, data.indptr),
+                                       shape=(data.n_cases, data.n_units))
+                module.D.copy_(joint.svd_weights(binary, cfg.n_hidden, cfg.svd_init))
         average = copy.deepcopy(module) if cfg.ema > 0 else module
         self.module, self.data = average, data
         trainer = JointTrainer(cfg, module, average, data, generator)
@@ -119,7 +123,8 @@ class JointCRBM:
         rank = None
         if val_csr is not None:
             watched = _monitor_rows(val_csr, np.random.default_rng([cfg.seed, 3]))
-            rank = ranking_validator(lambda users: self.recommend(users, k=10)[0], watched, k=10)
+            seen = pattern(train_csr)  # the seen set also holds carved validation ratings
+            rank = ranking_validator(lambda users: self.recommend(users, seen, k=10)[0], watched, k=10)
 
         def train_epoch(epoch: int) -> dict[str, float]:
             metrics = trainer.epoch(epoch)
