@@ -82,7 +82,8 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
                                 "first use); flat is exact")
     recommend.add_argument("--k", type=int, default=10)
     recommend.add_argument("--temperature", type=float, default=0.0,
-                           help="0 = exact ranking; > 0 samples from softmax(-E/T)")
+                           help="0 = exact ranking; > 0 samples from softmax(-E/T) (the joint "
+                                "CRBM: lists from its block Gibbs chains at temperature T)")
     recommend.add_argument("--seed", type=int, default=0, help="sampling seed when temperature > 0")
 
 
