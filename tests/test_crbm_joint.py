@@ -259,3 +259,20 @@ def test_faiss_retrieves_candidates_and_the_exact_score_reranks(tmp_path):
     np.testing.assert_array_equal(again.recommend(users, k=5)[0], exact_ids)
     with pytest.raises(TypeError, match="joint"):
         IndexedRecommender(CRBM(n_hidden=4, epochs=1, val_fraction=0.0).fit(ratings, show_progress=False))
+
+
+def test_epoch_monitors_reach_the_callback_and_early_stopping():
+    """recon_error, the free-energy gap and validation NDCG@10 arrive every epoch (the
+    experiments pass ``Tracker.log_epoch`` as the callback: that is how they reach MLflow)."""
+    rng = np.random.default_rng(2)
+    dense = np.where(rng.random((40, 30)) < 0.35, rng.integers(1, 6, (40, 30)), 0).astype(np.float32)
+    seen = []
+    model = CRBM(visible="joint", n_hidden=6, epochs=4, batch_size=8, lr=0.05, val_fraction=0.2,
+                 persistent=True, seed=0)
+    model.fit(sp.csr_matrix(dense), callback=lambda epoch, metrics: seen.append(metrics), show_progress=False)
+    assert len(seen) == 4
+    for metrics in seen:
+        assert {"recon_error", "fe_train", "fe_val", "fe_gap", "val_ndcg@10", "val_rmse"} <= set(metrics)
+        assert 0 < metrics["recon_error"] < 2 and np.isfinite(metrics["fe_gap"])
+        assert metrics["fe_gap"] == pytest.approx(metrics["fe_val"] - metrics["fe_train"])
+    assert model.history.best_value == max(m["val_ndcg@10"] for m in seen) > 0
