@@ -14,10 +14,11 @@ state (no free item rated).
 ``burn_in`` steps, then up to ``n_steps`` more; after each of those steps, the free items that
 are rated in some chain and not yet listed join the list, best exact score first within a step
 (the exact score of ``CRBM.score``), until the list has k distinct items. If the chains
-activate fewer than k items, the list is completed from the exact ranking. As T -> 0 the
-chains freeze in the ground state; when it rates no free item (every free item's activation
-energy a_i + b[i, k] + h* . V[i, k] < 0 at the ground-state hiddens h* = [x > 0], as in
-models trained on sparse data), the list is the exact ranking.
+activate fewer than k items, the list is completed from the exact ranking. The k items are
+returned best exact score first. As T -> 0 the chains freeze in the ground state (hiddens
+h* = [x > 0]); the list is then the exact ranking whenever the free items the ground state
+rates (a_i + b[i, k] + h* . V[i, k] > 0 for some k) are among the exact top k, in particular
+when it rates none, as in models trained on sparse data.
 
 **Seeding**: the random numbers of a user's chains come from its own generator
 (``block_generator(seed, user key, GIBBS_STREAM)``), drawn in the same order whatever the batch,
@@ -114,12 +115,15 @@ def exploratory_lists(chains: ChainModel, x_user: torch.Tensor, free: np.ndarray
 
 
 def _complete(lists: list[list[int]], listed: np.ndarray, exact: np.ndarray, k: int) -> np.ndarray:
-    """Fill short lists from the exact ranking (unlisted returnable items, best first)."""
+    """Fill short lists from the exact ranking (unlisted returnable items, best first), then
+    order each list by exact score (ties to the lower id)."""
     out = np.full((len(lists), k), -1, dtype=np.int64)
     for u, row in enumerate(lists):
         if len(row) < k:
             rest = np.flatnonzero(np.isfinite(exact[u]) & ~listed[u])
             rest = rest[np.lexsort((rest, -exact[u, rest]))]
             row = row + rest[:k - len(row)].tolist()
+        row = np.asarray(row, dtype=np.int64)
+        row = row[np.lexsort((row, -exact[u, row]))] if len(row) else row
         out[u, :len(row)] = row
     return out
