@@ -276,3 +276,14 @@ def test_epoch_monitors_reach_the_callback_and_early_stopping():
         assert 0 < metrics["recon_error"] < 2 and np.isfinite(metrics["fe_gap"])
         assert metrics["fe_gap"] == pytest.approx(metrics["fe_val"] - metrics["fe_train"])
     assert model.history.best_value == max(m["val_ndcg@10"] for m in seen) > 0
+
+
+def test_adam_updates_train_the_joint_layer():
+    from model_contract import checkerboard
+    from test_contract_crbm import rating_checkerboard
+
+    model = CRBM(visible="joint", n_hidden=8, epochs=60, batch_size=4, lr=0.01, optimizer="adam",
+                 weight_decay=0.001, cd_schedule=((1, 1),), val_fraction=0.0, seed=0)
+    model.fit(rating_checkerboard(), show_progress=False)
+    top1 = model.recommend(np.arange(16), k=1)[0][:, 0]
+    assert (top1 == checkerboard().held_out).sum() >= 15

@@ -45,8 +45,6 @@ class CRBMConfig(Config):
         with temperature T > 0): ``gibbs_chains`` block Gibbs chains per user at temperature T,
         the user's items clamped, ``gibbs_burn_in`` steps discarded, then up to
         ``gibbs_steps`` steps whose newly activated items form the list.
-    svd_init : > 0 starts the joint layer's D from the users x items pattern's top singular
-        vectors times ``svd_init`` (``joint.svd_weights``: PureSVD to first order), 0 from zeros.
     optimizer : the joint layer's update rule: "sgd" (momentum, as the rating-only model) or
         "adam" (``lr`` is Adam's step size).
     item_chunk : items per chunk of the joint layer's negative phase (memory: batch x chunk x K).
@@ -88,7 +86,6 @@ class CRBMConfig(Config):
     gibbs_steps: int = 50
     item_chunk: int = 2048
     optimizer: str = "sgd"
-    svd_init: float = 0.0
     fold_in_steps: int = 200
     fold_in_lr: float = 0.05
     num_threads: int = 1
@@ -140,7 +137,6 @@ class CRBMConfig(Config):
         check(self.gibbs_burn_in >= 0, f"gibbs_burn_in must be >= 0, got {self.gibbs_burn_in}")
         check(self.gibbs_steps >= 1, f"gibbs_steps must be >= 1, got {self.gibbs_steps}")
         check(self.optimizer in ("sgd", "adam"), f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        check(self.svd_init >= 0, f"svd_init must be >= 0, got {self.svd_init}")
         check(self.item_chunk >= 1, f"item_chunk must be >= 1, got {self.item_chunk}")
         check(self.levels is None or (len(self.levels) >= 2 and all(
             a < b for a, b in zip(self.levels, self.levels[1:], strict=False))),

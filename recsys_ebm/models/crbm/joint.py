@@ -238,21 +238,6 @@ class Adam:
             param.addcdiv_(self.m[name], self.v[name].sqrt().add_(self.eps), value=scale)
 
 
-def svd_weights(data_pattern, n_hidden: int, scale: float) -> torch.Tensor:
-    """D (N, F) from the top F / 2 right singular vectors v of the users x items pattern, each
-    as a pair of hiddens (+scale v, -scale v): to first order in the weights the activation
-    scores are then a_i + scale^2 / 2 (X V V^T)[u, i], PureSVD's reconstruction (Cremonesi et
-    al. 2010) on top of the popularity bias, a starting point CD-k refines."""
-    from scipy.sparse.linalg import svds
-
-    rank = max(1, min(n_hidden // 2, min(data_pattern.shape) - 1))
-    _, _, vt = svds(data_pattern.astype(np.float64), k=rank, random_state=0)
-    v = vt.T  # (N, rank)
-    out = np.zeros((data_pattern.shape[1], n_hidden))
-    out[:, :rank], out[:, rank:2 * rank] = scale * v, -scale * v
-    return torch.from_numpy(out.astype(np.float32))
-
-
 def initial_rating_bias(n_rated: np.ndarray, n_cases: int) -> torch.Tensor:
     """a_i = log-odds of item i being rated (smoothed): (n_items,)."""
     p = (n_rated + 0.5) / (n_cases + 1.0)

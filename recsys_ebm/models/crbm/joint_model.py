@@ -112,10 +112,6 @@ class JointCRBM:
             module.b.copy_(initial_visible_bias(data, n_levels))
             n_rated = np.bincount(data.indices, minlength=data.n_units)
             module.a.copy_(joint.initial_rating_bias(n_rated, data.n_cases))
-            if cfg.svd_init > 0:
-                binary = sp.csr_matrix((np.ones(len(data.indices)), data.indices, data.indptr),
-                                       shape=(data.n_cases, data.n_units))
-                module.D.copy_(joint.svd_weights(binary, cfg.n_hidden, cfg.svd_init))
         average = copy.deepcopy(module) if cfg.ema > 0 else module
         self.module, self.data = average, data
         trainer = JointTrainer(cfg, module, average, data, generator)
