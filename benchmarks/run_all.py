@@ -14,6 +14,7 @@ Each benchmark writes its own JSON under ``benchmarks/results/``; this writes ``
 * scale-out (``bench_scaling``): the export on 1 and 2 Ray workers against the single process
   (Ray's overhead, informative), the dpebm sampled-softmax epoch at most 2x an ALS iteration,
   the CRBM's epoch time per million ratings (informative).
+* (information) the joint CRBM's CD-1 epoch at the ML-20M shape (``bench_crbm``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from benchmarks import bench_export, bench_monitor, bench_retrieval, bench_sampler, bench_scaling
+from benchmarks import (
+    bench_crbm,
+    bench_export,
+    bench_monitor,
+    bench_retrieval,
+    bench_sampler,
+    bench_scaling,
+)
 from benchmarks.common import RESULTS, environment, table, write_result
 
 
@@ -38,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small scale, for a quick check")
     parser.add_argument("--repeat", type=int, default=1, help="runs per method in export/sampler")
-    parser.add_argument("--skip", default="", help="comma-separated: export,retrieval,sampler,scaling,monitor")
+    parser.add_argument("--skip", default="", help="comma-separated: export,retrieval,sampler,scaling,monitor,crbm")
     parser.add_argument("--summarize", action="store_true", help="read results/*.json, run nothing")
     args = parser.parse_args(argv)
     run = not args.summarize
@@ -86,6 +94,13 @@ def main(argv: list[str] | None = None) -> dict:
         monitor = _run_or_load(run, "monitor", bench_monitor, ["--events", "10000"] if args.quick else [])
         bars.append({"bar": "stream watchdog throughput (info)",
                      "value": f"{monitor['events_per_second']:,.0f} events/s", "met": None})
+    if "crbm" not in skip:
+        crbm = _run_or_load(run, "crbm-scale0.1" if args.quick else "crbm", bench_crbm,
+                            ["--quick"] if args.quick else [])
+        bars.append({"bar": "joint CRBM CD-1 epoch, F = 100 (info)",
+                     "value": f"{crbm['epoch_seconds']:,.0f} s ({crbm['ms_per_user']:.1f} ms/user, "
+                              f"{crbm['n_users']:,} x {crbm['n_items']:,}, {crbm['peak_rss_mb']:,.0f} MB)",
+                     "met": None})
     for row in bars:
         row["status"] = {True: "met", False: "MISSED", None: "-"}[row["met"]]
         if row.get("goal_met") is not None:

@@ -66,6 +66,20 @@ def check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+#: the protocol kinds a pipeline may give its own defaults for (``[ranking]``, ``[rating]``)
+PROTOCOL_KINDS = ("ranking", "rating")
+
+
+def pipeline_defaults(pipeline: dict[str, Any] | None, kind: str | None = None) -> dict[str, Any]:
+    """A parsed pipeline's ``[model]`` table updated by its ``[<kind>]`` table, when it has one:
+    a model whose best options differ between ranking (the top-N protocols) and rating
+    prediction keeps the options of one kind there ({} for None)."""
+    if kind is not None and kind not in PROTOCOL_KINDS:
+        raise ValueError(f"kind must be one of {PROTOCOL_KINDS}, got {kind!r}")
+    pipeline = pipeline or {}
+    return {**pipeline.get("model", {}), **(pipeline.get(kind, {}) if kind else {})}
+
+
 def read_pipeline(name: str, directory: str | Path | None = None) -> dict[str, Any] | None:
     """The parsed ``pipelines/<name>.toml`` (tuned options, tuning grids); None when absent.
 

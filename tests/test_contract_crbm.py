@@ -70,3 +70,15 @@ class TestCRBMUserContract(_CRBMContract):
 
     orientation = "user"
     fold_in_exact = True
+
+
+class TestCRBMJointContract(_CRBMContract):
+    """The joint visible layer (one RBM per user over which items it rated and how): ranked by
+    p(r_i = 1 | v); sampled lists come from the temperature-T Gibbs chains."""
+
+    orientation = "user"
+    fold_in_exact = True
+
+    def make_model(self, seed: int) -> CRBM:
+        return CRBM(visible="joint", n_hidden=8, epochs=60, batch_size=4, lr=0.05,
+                    weight_decay=0.001, cd_schedule=((1, 1),), val_fraction=0.0, seed=seed)

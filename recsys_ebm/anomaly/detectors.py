@@ -3,8 +3,9 @@ ratings, and the registry :data:`DETECTORS` that names them.
 
 Registered detectors:
 
-- ``crbm*``: the free energy F(V, r) of a user's profile under a user-oriented conditional RBM
-  (``recsys_ebm.models.crbm``). F grows with the number of ratings, so four versions are
+- ``crbm*``: the free energy F(V, r) of a user's profile under a user-oriented RBM
+  (``recsys_ebm.models.crbm``; by default its joint visible layer, F(r, v) of which items
+  were rated and how). F grows with the number of ratings, so four versions are
   registered: ``crbm_raw`` (F), ``crbm_per_rating`` (F / n_u), ``crbm_length_z`` (F / n_u
   z-scored against genuine profiles of similar length, see ``recsys_ebm.anomaly.scoring``) and
   ``crbm``, the default, |z|: a two-sided typicality test. Trained on data that holds the
@@ -204,9 +205,13 @@ class PCAVarSelectDetector(Detector):
 
 
 def default_crbm_config() -> CRBMConfig:
-    """The detector's CRBM: user-oriented, short training (fixed epochs, no carved validation),
-    since a detection grid fits one model per cell."""
-    return CRBMConfig(orientation="user", n_hidden=100, epochs=20, val_fraction=0.0, seed=0)
+    """The detector's CRBM: the joint visible layer (which items a profile rates, and how:
+    the pattern of rated items is what injected profiles get wrong), short training (fixed
+    epochs, no carved validation), since a detection grid fits one model per cell. The
+    rating-only user RBM (``crbm.visible="ratings"``, lr 0.002, batch 32) scored ROC AUC 0.449 on
+    the clean 5% / 5% average attack on ML-100K, this one 0.993."""
+    return CRBMConfig(orientation="user", visible="joint", n_hidden=100, epochs=20, batch_size=16,
+                      lr=0.1, val_fraction=0.0, seed=0)
 
 
 def default_dpebm_config() -> DotEBMConfig:

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from recsys_ebm._compat import tomllib
-from recsys_ebm.config import read_pipeline
+from recsys_ebm.config import pipeline_defaults, read_pipeline
 from recsys_ebm.experiments import runner
 from recsys_ebm.models import MODELS, model_class
 
@@ -73,19 +73,24 @@ def dataset_from_args(args) -> runner.Dataset:
                                download=not args.no_download, **options)
 
 
-def model_options_from_args(args, *, with_seed: bool = True) -> dict[str, Any]:
-    """Options of ``args.model``: ``--config`` (default ``pipelines/<model>.toml`` when present)
+def model_options_from_args(args, *, with_seed: bool = True, kind: str = "ranking") -> dict[str, Any]:
+    """Options of ``args.model``: ``--config`` (default ``pipelines/<model>.toml`` when present,
+    its ``[model]`` table updated by its ``[<kind>]`` table: "ranking" or "rating" protocols)
     updated by every ``--set`` and, when ``with_seed``, by ``--seed``; validated here."""
     cls = model_class(args.model)
     overrides = dict(args.overrides)
     if with_seed and args.seed is not None:
         overrides["seed"] = args.seed
     if args.config is not None:
+        with open(args.config, "rb") as handle:
+            parsed = tomllib.load(handle)
+        if kind in parsed and "model" in parsed:  # a pipeline with per-kind defaults
+            return runner.model_options(cls, None, overrides, defaults=pipeline_defaults(parsed, kind))
         return runner.model_options(cls, args.config, overrides, table="model")
     tuned = read_pipeline(args.model)  # the shipped pipelines/<model>.toml, None when absent
     if tuned is not None and "model" not in tuned:
         raise ValueError(f"pipelines/{args.model}.toml: no [model] table; found {sorted(tuned)}")
-    return runner.model_options(cls, None, overrides, defaults=tuned["model"] if tuned else None)
+    return runner.model_options(cls, None, overrides, defaults=pipeline_defaults(tuned, kind) if tuned else None)
 
 
 def tracker_from_args(args, run_name: str):

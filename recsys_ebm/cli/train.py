@@ -82,7 +82,8 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
                                 "first use); flat is exact")
     recommend.add_argument("--k", type=int, default=10)
     recommend.add_argument("--temperature", type=float, default=0.0,
-                           help="0 = exact ranking; > 0 samples from softmax(-E/T)")
+                           help="0 = exact ranking; > 0 samples from softmax(-E/T) (the joint "
+                                "CRBM: lists from its block Gibbs chains at temperature T)")
     recommend.add_argument("--seed", type=int, default=0, help="sampling seed when temperature > 0")
     recommend.add_argument("--explain", action="store_true",
                            help="sequence models with attention (attnebm): also print the attention "
@@ -97,6 +98,7 @@ def _train_and_evaluate(args, tracker) -> tuple[runner.Dataset, runner.PreparedD
     split = runner.make_split(dataset.ratings, args.protocol, seed=0)
     data = runner.prepare(split, args.protocol)
     tracker.log_params({"model": args.model, "protocol": args.protocol, "split_seed": 0,
+                        "defaults_kind": "ranking",
                         "validation_seed": runner.VALIDATION_SEED, "refit": not args.no_refit,
                         "config": options})
     tracker.log_dataset(dataset.name, dataset.checksum, source=dataset.source,
@@ -189,7 +191,7 @@ def _evaluate_ratings(args) -> int:
         if not model_class(args.model).fits_ratings:
             raise ValueError(f"--protocol {args.protocol} needs a rating model (e.g. crbm); "
                              f"{args.model!r} ranks implicit feedback")
-        options = model_options_from_args(args)
+        options = model_options_from_args(args, kind="rating")
 
         def factory():
             return runner.build_model(args.model, options)
@@ -197,7 +199,8 @@ def _evaluate_ratings(args) -> int:
                                download=not args.no_download)
     set_threads(args.threads)
     with tracker_from_args(args, f"evaluate-{args.model}-{args.protocol}") as tracker:
-        tracker.log_params({"model": args.model, "protocol": args.protocol, "config": options})
+        tracker.log_params({"model": args.model, "protocol": args.protocol, "config": options,
+                            "defaults_kind": "rating"})
 
         def log_fold(fold: str, epoch: int, metrics: dict) -> None:
             tracker.log_metrics({f"{fold}_{k}": v for k, v in metrics.items()}, step=epoch)

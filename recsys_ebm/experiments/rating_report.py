@@ -52,7 +52,7 @@ def _rating_options(name: str, config: ReportConfig) -> dict[str, Any]:
     """The options a rating-report model runs with (what the JSON records)."""
     if name in RATING_BASELINES:
         return dict(make_rating_baseline(name, config.overrides.get(name, {})).options)
-    return {**tuned_defaults(name, config.pipelines_dir), **config.overrides.get(name, {})}
+    return {**tuned_defaults(name, config.pipelines_dir, kind="rating"), **config.overrides.get(name, {})}
 
 
 def rating_report_models(config: ReportConfig) -> list[str]:

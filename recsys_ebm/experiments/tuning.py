@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import scipy.sparse as sp
 
 from recsys_ebm._compat import tomllib
-from recsys_ebm.config import read_pipeline
+from recsys_ebm.config import pipeline_defaults, read_pipeline
 from recsys_ebm.evaluation.evaluate import evaluate_ranking
 from recsys_ebm.models import model_class
 from recsys_ebm.models.base import Recommender
@@ -170,10 +170,12 @@ def load_grids(path: str | Path | None = None) -> dict[str, list[dict[str, Any]]
     return grids
 
 
-def tuned_defaults(model: str, pipelines_dir: str | Path | None = None) -> dict[str, Any]:
-    """The ``[model]`` table of ``pipelines/<model>.toml`` ({} when there is no such file);
-    ``pipelines_dir`` None reads the shipped files."""
-    return dict((read_pipeline(model, pipelines_dir) or {}).get("model", {}))
+def tuned_defaults(model: str, pipelines_dir: str | Path | None = None,
+                   kind: str | None = "ranking") -> dict[str, Any]:
+    """The ``[model]`` table of ``pipelines/<model>.toml`` updated by its ``[<kind>]`` table
+    (``kind`` "ranking" for the top-N protocols, "rating" for rating prediction; {} when there
+    is no such file); ``pipelines_dir`` None reads the shipped files."""
+    return pipeline_defaults(read_pipeline(model, pipelines_dir), kind)
 
 
 def candidate_options(model: str, points: Sequence[dict[str, Any]] | None,

@@ -10,6 +10,10 @@ runs over it): ``score`` is the wrapped model's, ``recommend`` retrieves from th
   temperature T; items outside the candidates get probability 0, and probabilities (export)
   are normalised over the candidates. So are the ranked lists' probabilities of the
   approximate kinds; the flat index reports the model's exact ones.
+* A model whose score is more than one inner product (the joint CRBM) is indexed through its
+  ``retrieval_model()``: proxy vectors (``user_vectors`` ...) retrieve ``n_candidates`` items per
+  user, and its ``candidate_scores`` (the exact score) re-ranks them at T = 0 or is sampled from
+  at T > 0; probabilities are normalised over the candidates.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class IndexedRecommender(Recommender):
 
     def __init__(self, model: Recommender, index: EnergyIndex | None = None, *,
                  config: IndexConfig | None = None, n_candidates: int = DEFAULT_CANDIDATES):
+        model = _retrieval_view(model)
         check_vector_model(model)
         if int(n_candidates) < 1:
             raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
@@ -102,6 +107,8 @@ class IndexedRecommender(Recommender):
         if self.index is None:
             raise RuntimeError("the index is not built: call fit() or load() first")
         vectors = np.asarray(self.model.user_vectors(r.user_ids, r.history), dtype=np.float32)
+        if hasattr(self.model, "candidate_scores"):
+            return self._rerank(r, vectors)
         if r.temperature == 0:
             ids, values = self.index.search(vectors, r.k, exclude=r.exclude, allowed=r.mask)
             if not r.with_log_p:
@@ -119,6 +126,17 @@ class IndexedRecommender(Recommender):
                                                   exclude=r.exclude, allowed=r.mask)
         slots, values, log_p = select(np.ascontiguousarray(cand_scores), r.k, r.temperature,
                                       r.seed, r.keys, with_log_p=r.with_log_p)
+        ids = np.where(slots >= 0, np.take_along_axis(cand_ids, np.maximum(slots, 0), axis=1), -1)
+        return ids, values, log_p
+
+    def _rerank(self, r: RankRequest, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Candidates by the proxy vectors, then the exact scores of the candidates ranked
+        (T = 0) or sampled (T > 0) by the serving core."""
+        cand_ids, _ = self.index.search(vectors, max(self.n_candidates, r.k), exclude=r.exclude,
+                                        allowed=r.mask)
+        exact = self.model.candidate_scores(r.user_ids, r.history, cand_ids)
+        slots, values, log_p = select(np.ascontiguousarray(exact, dtype=np.float32), r.k,
+                                      r.temperature, r.seed, r.keys, with_log_p=r.with_log_p)
         ids = np.where(slots >= 0, np.take_along_axis(cand_ids, np.maximum(slots, 0), axis=1), -1)
         return ids, values, log_p
 
@@ -143,7 +161,7 @@ class IndexedRecommender(Recommender):
             if len(kinds) != 1:
                 raise FileNotFoundError(f"{path}: expected one saved index-<kind>/, found {kinds or 'none'}")
             kind = kinds[0]
-        model = load_model(path)
+        model = _retrieval_view(load_model(path))
         index = EnergyIndex.load(index_path(path, kind), model)
         return cls(model, index, n_candidates=n_candidates)
 
@@ -151,6 +169,15 @@ class IndexedRecommender(Recommender):
     def for_saved(cls, model: Recommender, model_dir: str | Path, kind: str,
                   n_candidates: int = DEFAULT_CANDIDATES) -> IndexedRecommender:
         """Serve a loaded model through its saved index of ``kind``, built and saved on first use."""
+        model = _retrieval_view(model)
         check_vector_model(model)
         index = load_or_build(model, model_dir, IndexConfig(kind=kind))
         return cls(model, index, n_candidates=n_candidates)
+
+
+def _retrieval_view(model: Recommender) -> Recommender:
+    """The model as retrieval sees it: its ``retrieval_model()`` when it has one (a score that
+    is not one inner product), else the model itself."""
+    if hasattr(model, "candidate_scores") or not hasattr(model, "retrieval_model"):
+        return model
+    return model.retrieval_model()

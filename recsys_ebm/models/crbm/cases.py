@@ -165,6 +165,20 @@ def csr_lookup(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
     return out
 
 
+def check_item_ids(item_ids, n_items: int) -> np.ndarray:
+    """Item ids as int64 1-D; ``IndexError`` names an id outside ``0..n_items-1``."""
+    ids = np.atleast_1d(np.asarray(item_ids))
+    if ids.ndim != 1:
+        raise ValueError(f"item_ids must be 1-D, got shape {ids.shape}")
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"item_ids must be integers, got dtype {ids.dtype}")
+    ids = ids.astype(np.int64)
+    bad = (ids < 0) | (ids >= n_items)
+    if np.any(bad):
+        raise IndexError(f"item id {int(ids[bad][0])} is not a trained item (0..{n_items - 1})")
+    return ids
+
+
 def pattern(matrix: sp.spmatrix) -> sp.csr_matrix:
     """Binary float32 CSR of the stored entries of ``matrix``."""
     out = sp.csr_matrix(matrix, dtype=np.float32, copy=True)

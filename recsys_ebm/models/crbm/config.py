@@ -14,6 +14,10 @@ class CRBMConfig(Config):
 
     Attributes
     ----------
+    visible : "ratings" (the rating-only conditional RBM: only rated items have visible units,
+        which items were rated enters through D) or "joint" (a binary "rated" unit r_i for
+        every item beside the rating softmax of the rated ones: the model also learns *which*
+        items a user rates; one RBM per user, so ``orientation`` is set to "user").
     orientation : "item" (one RBM per item over its raters) or "user" (one per user).
     n_hidden : F, binary hidden units.
     conditional : add the D[i, f] term from the binary "which units rated" vector r.
@@ -33,8 +37,17 @@ class CRBMConfig(Config):
     init_std : W ~ N(0, init_std^2); b starts at the log frequencies of each unit's levels.
     val_fraction : share of the training ratings carved out for early stopping (0: none).
     patience : epochs without a better validation RMSE before stopping.
-    score_type, score_threshold : ``score`` ranks by the expected rating ("expected") or by
-        P(rating >= score_threshold) ("p_at_least").
+    score_type, score_threshold : what ``score`` ranks by: the expected rating ("expected"),
+        P(rating >= score_threshold) ("p_at_least"); for the joint layer log p(r_i = 1 | v)
+        ("active") or log p(r_i = 1, rating >= score_threshold | v) ("active_liked"). "auto" is
+        "active" for the joint layer and "expected" for the rating-only one.
+    gibbs_chains, gibbs_burn_in, gibbs_steps : the joint layer's exploratory lists (``recommend``
+        with temperature T > 0): ``gibbs_chains`` block Gibbs chains per user at temperature T,
+        the user's items clamped, ``gibbs_burn_in`` steps discarded, then up to
+        ``gibbs_steps`` steps whose newly activated items form the list.
+    optimizer : the joint layer's update rule: "sgd" (momentum, as the rating-only model) or
+        "adam" (``lr`` is Adam's step size).
+    item_chunk : items per chunk of the joint layer's negative phase (memory: batch x chunk x K).
     levels : the K rating values; None infers them from the training ratings.
     fold_in_steps, fold_in_lr : item orientation only: Adam steps / lr fitting a new user's
         visible weights (model frozen) when scoring users unseen in training.
@@ -45,6 +58,7 @@ class CRBMConfig(Config):
     seed : seeds the one ``torch.Generator`` and the validation split.
     """
 
+    visible: str = "ratings"
     orientation: str = "item"
     n_hidden: int = 200
     conditional: bool = True
@@ -64,9 +78,14 @@ class CRBMConfig(Config):
     init_std: float = 0.01
     val_fraction: float = 0.05
     patience: int = 10
-    score_type: str = "expected"
+    score_type: str = "auto"
     score_threshold: float = 4.0
     levels: tuple[float, ...] | None = None
+    gibbs_chains: int = 4
+    gibbs_burn_in: int = 10
+    gibbs_steps: int = 50
+    item_chunk: int = 2048
+    optimizer: str = "sgd"
     fold_in_steps: int = 200
     fold_in_lr: float = 0.05
     num_threads: int = 1
@@ -106,14 +125,32 @@ class CRBMConfig(Config):
         check(self.init_std > 0, f"init_std must be > 0, got {self.init_std}")
         check(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}")
         check(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
-        check(self.score_type in ("expected", "p_at_least"),
-              f"score_type must be 'expected' or 'p_at_least', got {self.score_type!r}")
+        check(self.visible in ("ratings", "joint"),
+              f"visible must be 'ratings' or 'joint', got {self.visible!r}")
+        if self.visible == "joint":
+            object.__setattr__(self, "orientation", "user")
+            check(self.conditional, "visible='joint' needs conditional=True (the D weights of r)")
+        kinds = ("auto", "expected", "p_at_least") + (("active", "active_liked") if self.visible == "joint" else ())
+        check(self.score_type in kinds,
+              f"score_type must be one of {kinds} for visible={self.visible!r}, got {self.score_type!r}")
+        check(self.gibbs_chains >= 1, f"gibbs_chains must be >= 1, got {self.gibbs_chains}")
+        check(self.gibbs_burn_in >= 0, f"gibbs_burn_in must be >= 0, got {self.gibbs_burn_in}")
+        check(self.gibbs_steps >= 1, f"gibbs_steps must be >= 1, got {self.gibbs_steps}")
+        check(self.optimizer in ("sgd", "adam"), f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        check(self.item_chunk >= 1, f"item_chunk must be >= 1, got {self.item_chunk}")
         check(self.levels is None or (len(self.levels) >= 2 and all(
             a < b for a, b in zip(self.levels, self.levels[1:], strict=False))),
               f"levels must be >= 2 increasing rating values, got {self.levels!r}")
         check(self.fold_in_steps >= 1, f"fold_in_steps must be >= 1, got {self.fold_in_steps}")
         check(self.fold_in_lr > 0, f"fold_in_lr must be > 0, got {self.fold_in_lr}")
         check(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}")
+
+    @property
+    def ranking_score(self) -> str:
+        """The resolved ``score_type`` ("auto" -> "active" / "expected")."""
+        if self.score_type == "auto":
+            return "active" if self.visible == "joint" else "expected"
+        return self.score_type
 
     def cd_k(self, epoch: int) -> int:
         """Number of Gibbs steps used at ``epoch`` (1-based)."""

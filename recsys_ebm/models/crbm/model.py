@@ -3,11 +3,8 @@ and persistence on top of `CRBMModule` and the case data."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import functools
 import logging
-from collections.abc import Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -16,9 +13,11 @@ import torch.nn.functional as fn
 
 from recsys_ebm.io import save_model_dir
 from recsys_ebm.models.base import EpochCallback, Recommender, check_user_ids, check_user_items
+from recsys_ebm.models.crbm import joint
 from recsys_ebm.models.crbm.cases import (
     CaseData,
     carve,
+    check_item_ids,
     inferred_levels,
     pairs_to_cases,
     pattern,
@@ -26,7 +25,9 @@ from recsys_ebm.models.crbm.cases import (
     to_cases,
 )
 from recsys_ebm.models.crbm.config import CRBMConfig
+from recsys_ebm.models.crbm.joint_model import JointCRBM
 from recsys_ebm.models.crbm.module import CRBMModule, initial_visible_bias
+from recsys_ebm.models.crbm.threads import threaded as _threaded
 from recsys_ebm.models.crbm.trainer import CDTrainer, TrainingMonitor
 from recsys_ebm.models.training import TrainingHistory, run_training
 
@@ -35,31 +36,7 @@ logger = logging.getLogger(__name__)
 MODEL_NAME = "crbm"
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run with ``n`` torch intra-op threads (0: unchanged), restoring the caller's setting."""
-    before = torch.get_num_threads()
-    if n and n != before:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
-
-
-def _threaded(method):
-    """Run a ``CRBM`` method under its config's ``num_threads``."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with _torch_threads(self.config.num_threads):
-            return method(self, *args, **kwargs)
-
-    return wrapper
-
-
-class CRBM(Recommender):
+class CRBM(JointCRBM, Recommender):
     """Conditional RBM recommender over a users x items ratings CSR.
 
     ``fit`` a ratings CSR (values are ratings), then ``predict`` ratings of (user, item) pairs,
@@ -190,6 +167,8 @@ class CRBM(Recommender):
                show_progress: bool) -> TrainingHistory:
         """One training run on a level CSR (users x items, values level + 1)."""
         cfg = self.config
+        if self.is_joint:
+            return self._train_joint(train_csr, val_csr, epochs, callback, show_progress)
         generator = torch.Generator().manual_seed(cfg.seed)
         data = self._training_cases(train_csr, queries)
         n_levels = len(self.levels)
@@ -239,7 +218,9 @@ class CRBM(Recommender):
             step = 4096
             for start in range(0, data.n_cases, step):
                 rows = np.arange(start, min(start + step, data.n_cases))
-                out[rows] = self.module.hidden_input(data.batch(rows))
+                batch = data.batch(rows)
+                out[rows] = joint.hidden_input(self.module, batch) if self.is_joint else \
+                    self.module.hidden_input(batch)
             self._x = out
         return self._x
 
@@ -250,6 +231,8 @@ class CRBM(Recommender):
         A pair the case rated in training is predicted from the case's *other* ratings; with
         ``with_queries`` (conditional + include_queries) every asked pair joins its case's r.
         """
+        if self.is_joint:
+            return self._joint_log_proba_cases(cases, units)
         module, data = self.module, self.data
         x = self._case_inputs()
         rows = x[torch.from_numpy(cases)].clone()
@@ -282,7 +265,7 @@ class CRBM(Recommender):
         """
         self._require_fitted()
         users = check_user_ids(user_ids, self.n_users)
-        items = _check_item_ids(item_ids, self.n_items)
+        items = check_item_ids(item_ids, self.n_items)
         if users.shape != items.shape:
             raise ValueError(f"user_ids {users.shape} and item_ids {items.shape} must align")
         cases, units = pairs_to_cases(users, items, self.config.orientation)
@@ -319,17 +302,24 @@ class CRBM(Recommender):
             fold = None
         else:
             users = check_user_ids(user_ids, None)
-            fold = self._check_ratings(user_items, "user_items")
-            check_user_items(fold, n_rows=len(users), n_items=self.n_items)
-            fold = rating_levels(fold, self.levels)
-            fold.sort_indices()
-        if self.config.orientation == "user":
+            fold = self._level_rows(user_items, len(users))
+        if self.is_joint:
+            log_p = self._joint_log_proba_all(users, fold)
+        elif self.config.orientation == "user":
             log_p = self._log_proba_all_user_cases(users, fold)
         elif fold is None:
             log_p = self._log_proba_all_trained_users(users)
         else:
             log_p = self._log_proba_all_new_users(fold)
         return log_p.exp().float().numpy()
+
+    def _level_rows(self, user_items, n_rows: int | None = None) -> sp.csr_matrix:
+        """A CSR of ratings (n_rows, n_items) as a sorted level CSR (values level + 1)."""
+        fold = self._check_ratings(user_items, "user_items")
+        check_user_items(fold, n_rows=n_rows, n_items=self.n_items)
+        fold = rating_levels(fold, self.levels)
+        fold.sort_indices()
+        return fold
 
     def _training_levels(self) -> sp.csr_matrix:
         """The trained cases' ratings as a cases x units CSR of level + 1."""
@@ -403,6 +393,10 @@ class CRBM(Recommender):
             user_items = check_user_items(user_items, n_items=self.n_items)
             if user_items.shape[0] != len(ids):
                 raise ValueError(f"user_items has {user_items.shape[0]} rows for {len(ids)} user ids")
+        if self.is_joint:
+            users = ids if user_items is not None else check_user_ids(ids, self.n_users)
+            fold = None if user_items is None else self._level_rows(user_items)
+            return self._joint_scores(users, fold)
         if self.config.score_type == "p_at_least":
             weights = (self.levels >= self.config.score_threshold - 1e-9).astype(np.float32)
         else:
@@ -434,7 +428,7 @@ class CRBM(Recommender):
             ratings = self._check_ratings(ratings)
             check_user_items(ratings, n_rows=len(ids), n_items=self.data.n_units)
             batch = CaseData.from_csr(rating_levels(ratings, self.levels), None).batch(np.arange(len(ids)))
-        return self.module.free_energy(batch).double().numpy()
+        return joint.case_free_energy(self.module, batch).double().numpy()
 
     # ------------------------------------------------------------------ persistence
     def save(self, path, meta: dict | None = None):
@@ -445,8 +439,9 @@ class CRBM(Recommender):
         tensors = {"W": module.W, "b": module.b, "c": module.c, "levels": self.levels,
                    "indptr": data.indptr, "indices": data.indices, "case_levels": data.levels,
                    "r_indptr": data.r_indptr, "r_indices": data.r_indices}
-        if module.D is not None:
-            tensors["D"] = module.D
+        for key in ("D", "a"):
+            if getattr(module, key) is not None:
+                tensors[key] = getattr(module, key)
         tensors.update(self._seen_tensors())
         info = {"n_users": self.n_users, "n_items": self.n_items, "best_epoch": self.history.best_epoch,
                 **(meta or {})}
@@ -463,11 +458,14 @@ class CRBM(Recommender):
         tensors.expect("c", (n_hidden,))
         if "D" in tensors:
             tensors.expect("D", (n_units, n_hidden))
+        if "a" in tensors:
+            tensors.expect("a", (n_units,))
         n_levels = len(model.levels)
-        module = CRBMModule(n_units, n_levels, n_hidden, "D" in tensors, torch.Generator().manual_seed(0))
+        module = CRBMModule(n_units, n_levels, n_hidden, "D" in tensors, torch.Generator().manual_seed(0),
+                            joint="a" in tensors)
         module.requires_grad_(False)
         with torch.no_grad():
-            for key in ("W", "b", "c", "D"):
+            for key in ("W", "b", "c", "D", "a"):
                 if key in tensors:
                     getattr(module, key).copy_(tensors[key])
         model.module = module
@@ -476,15 +474,3 @@ class CRBM(Recommender):
         model.meta = meta
         return model
 
-
-def _check_item_ids(item_ids, n_items: int) -> np.ndarray:
-    ids = np.atleast_1d(np.asarray(item_ids))
-    if ids.ndim != 1:
-        raise ValueError(f"item_ids must be 1-D, got shape {ids.shape}")
-    if ids.size and not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"item_ids must be integers, got dtype {ids.dtype}")
-    ids = ids.astype(np.int64)
-    bad = (ids < 0) | (ids >= n_items)
-    if np.any(bad):
-        raise IndexError(f"item id {int(ids[bad][0])} is not a trained item (0..{n_items - 1})")
-    return ids

@@ -33,17 +33,22 @@ CHUNK_ELEMENTS = 1 << 22
 class CRBMModule(nn.Module):
     """Parameters W (n_units, K, F), b (n_units, K), c (F,), D (n_units, F); energies and CD.
 
-    Works in any floating dtype (``.double()`` for exact checks on tiny models).
+    ``joint`` adds the rating units' biases a (n_units,) of the joint visible layer
+    (:mod:`recsys_ebm.models.crbm.joint`, which needs D). Works in any floating dtype
+    (``.double()`` for exact checks on tiny models).
     """
 
     def __init__(self, n_units: int, n_levels: int, n_hidden: int, conditional: bool,
-                 generator: torch.Generator, init_std: float = 0.01):
+                 generator: torch.Generator, init_std: float = 0.01, joint: bool = False):
         super().__init__()
+        if joint and not conditional:
+            raise ValueError("the joint visible layer needs the D weights (conditional=True)")
         self.n_units, self.n_levels, self.n_hidden = n_units, n_levels, n_hidden
         self.W = nn.Parameter(torch.randn(n_units, n_levels, n_hidden, generator=generator) * init_std)
         self.b = nn.Parameter(torch.zeros(n_units, n_levels))
         self.c = nn.Parameter(torch.zeros(n_hidden))
         self.D = nn.Parameter(torch.zeros(n_units, n_hidden)) if conditional else None
+        self.a = nn.Parameter(torch.zeros(n_units)) if joint else None
 
     @property
     def conditional(self) -> bool:

@@ -11,6 +11,7 @@ import torch
 
 from recsys_ebm.models.crbm.cases import CaseBatch, CaseData, to_cases
 from recsys_ebm.models.crbm.config import CRBMConfig
+from recsys_ebm.models.crbm.joint import case_free_energy
 from recsys_ebm.models.crbm.module import CRBMModule
 
 if TYPE_CHECKING:
@@ -147,7 +148,7 @@ class TrainingMonitor:
         out["train_rmse"] = float(np.sqrt(np.mean((pred @ model.levels - self.train_truth) ** 2)))
         if self.val is not None and self.gap is not None:
             sub, val_batch, n = self.gap
-            fe_train = float(model.module.free_energy(sub).double().sum()) / n
-            fe_val = float(model.module.free_energy(val_batch).double().sum()) / n
+            fe_train = float(case_free_energy(model.module, sub).double().sum()) / n
+            fe_val = float(case_free_energy(model.module, val_batch).double().sum()) / n
             out.update(fe_train=fe_train, fe_val=fe_val, fe_gap=fe_val - fe_train)
         return out
