@@ -46,7 +46,7 @@ from recsys_ebm.ranking.compose import STRATEGIES, mix_weights
 
 logger = logging.getLogger(__name__)
 
-GROUP_MODELS = ("dpebm", "ease", "als")
+GROUP_MODELS = ("dpebm", "ease", "als", "crbm")
 GROUP_SIZES = (2, 3, 4, 6, 8)
 #: the reference strategy every other one is compared with
 REFERENCE = "poe"
