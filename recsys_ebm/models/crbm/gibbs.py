@@ -12,10 +12,13 @@ state (no free item rated).
 
 **The exploratory list** (:func:`exploratory_lists`): ``n_chains`` chains per user run
 ``burn_in`` steps, then up to ``n_steps`` more; after each of those steps, the free items that
-are rated in some chain and not yet listed join the list, best exact score first within a step
-(the exact score of ``CRBM.score``), until the list has k distinct items. If the chains
-activate fewer than k items, the list is completed from the exact ranking. The k items are
-returned best exact score first. As T -> 0 the chains freeze in the ground state (hiddens
+are rated in some chain and not yet listed join the list, until the list has k distinct items.
+Items activated by the same step join in a seeded random order (one random priority per user
+and item, from its own stream), so that when a step activates more than the list has room for,
+the chains' sample decides which join, not the exact score: ordering them by exact score would
+give back the exact top k whenever the chains activate many items, at any T. If the chains
+activate fewer than k items, the list is completed from the exact ranking (the exact score of
+``CRBM.score``). The k items are returned best exact score first. As T -> 0 the chains freeze in the ground state (hiddens
 h* = [x > 0]); the list is then the exact ranking whenever the free items the ground state
 rates (a_i + b[i, k] + h* . V[i, k] > 0 for some k) are among the exact top k, in particular
 when it rates none, as in models trained on sparse data.
@@ -35,6 +38,8 @@ from recsys_ebm.ranking.sampling import block_generator
 
 #: the random stream of the Gibbs chains (apart from the serving core's samplers' streams)
 GIBBS_STREAM = 11
+#: the stream of the order in which items activated by the same step join a list
+ORDER_STREAM = 12
 
 
 class ChainModel:
@@ -89,6 +94,8 @@ def exploratory_lists(chains: ChainModel, x_user: torch.Tensor, free: np.ndarray
     """
     n, n_items = free.shape
     generators = [block_generator(seed, int(key), GIBBS_STREAM) for key in keys]
+    priority = np.stack([block_generator(seed, int(key), ORDER_STREAM).random(n_items) for key in keys]) \
+        if n else np.empty((0, n_items))
     x_rows = x_user.double().repeat_interleave(n_chains, dim=0)
     free_rows = torch.from_numpy(np.repeat(free, n_chains, axis=0))
     states = torch.zeros(free_rows.shape, dtype=torch.int64)
@@ -106,7 +113,7 @@ def exploratory_lists(chains: ChainModel, x_user: torch.Tensor, free: np.ndarray
             if len(lists[u]) >= k:
                 continue
             new = np.flatnonzero(active[u])
-            new = new[np.lexsort((new, -exact[u, new]))]  # best exact score first, then id
+            new = new[np.argsort(priority[u, new], kind="stable")]  # the seeded order
             lists[u].extend(new[:k - len(lists[u])].tolist())
             listed[u, new] = True
         if all(len(row) >= k for row in lists):
