@@ -91,7 +91,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
 test: $(BENCH_STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q --durations=25 $(ARGS)
 
 # Shilling-attack detection grid: attack x size x filler x detector on $(DATASET)-$(VARIANT),
 # writes reports/<dataset>/anomaly.md + anomaly.png and logs to MLflow. One torch thread:
