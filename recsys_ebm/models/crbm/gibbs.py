@@ -43,7 +43,8 @@ ORDER_STREAM = 12
 
 
 class ChainModel:
-    """The joint layer's weights in float64, for chains: V (N, K, F) flattened, e (N, K), c (F,)."""
+    """The joint layer's weights in float64, for chains: V (N, K, F) flattened, e (N, K), c (F,),
+    and the same per rating level as planes (K, F, N) and (K, 1, N) for the item step."""
 
     def __init__(self, module: CRBMModule):
         with torch.no_grad():
@@ -51,6 +52,8 @@ class ChainModel:
             self.e = (module.b + module.a[:, None]).double()
         self.n_items, self.n_levels, self.n_hidden = self.V.shape
         self.flat = self.V.reshape(-1, self.n_hidden)
+        self.planes = self.V.permute(1, 2, 0).contiguous()  # (K, F, N)
+        self.plane_bias = self.e.T.contiguous()[:, None, :]  # (K, 1, N)
 
     def states_input(self, x_clamped: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         """x (R, F) of the clamped input plus the chains' rated free items."""
@@ -61,13 +64,23 @@ class ChainModel:
     def step(self, x_clamped: torch.Tensor, states: torch.Tensor, free: torch.Tensor, temperature: float,
              u_hidden: torch.Tensor, u_items: torch.Tensor) -> torch.Tensor:
         """One block Gibbs step at T from ``states`` (R, N) (codes: 0 unrated, k + 1 level k):
-        hiddens then items, with uniforms u_hidden (R, F) and u_items (R, N); free (R, N) bool."""
+        hiddens then items, with uniforms u_hidden (R, F) and u_items (R, N); free (R, N) bool.
+
+        An item's state is drawn by inverting its cumulative weights over (unrated, level 1 ..
+        K) at u * total; the K levels are kept as separate (R, N) planes, so every operation is
+        elementwise over whole planes (a softmax over a trailing axis of K + 1 is many times
+        slower)."""
         x = self.states_input(x_clamped, states)
         h = (u_hidden < torch.sigmoid(x / temperature)).double()
-        logits = (h @ self.flat.T).reshape(len(h), self.n_items, self.n_levels) + self.e
-        logits = torch.cat([torch.zeros_like(logits[..., :1]), logits], dim=2) / temperature
-        cdf = torch.cumsum(torch.softmax(logits, dim=2), dim=2)
-        codes = (cdf < u_items[..., None]).sum(2).clamp_max(self.n_levels)
+        logits = torch.matmul(h, self.planes).add_(self.plane_bias).div_(temperature)  # (K, R, N)
+        top = logits.amax(0).clamp_min_(0.0)  # the unrated state's logit is 0
+        weights = logits.sub_(top).exp_()
+        cumulative = torch.exp(-top)  # the unrated state's weight
+        target = u_items * (cumulative + weights.sum(0))
+        codes = (cumulative < target).long()
+        for level in range(self.n_levels - 1):  # the last level takes the rest of the mass
+            cumulative += weights[level]
+            codes += cumulative < target
         return torch.where(free, codes, torch.zeros_like(codes))
 
 
