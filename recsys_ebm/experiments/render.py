@@ -247,7 +247,9 @@ def _temperature(document: dict, plots: dict[str, str]) -> list[str]:
     out = ["## Temperature trade-off", "",
            f"Top-{TRADEOFF_K} lists drawn by `recommend(temperature=T, rng={seed})`: k distinct "
            "unseen items from softmax(score / T) (T = 0 is the exact ranking), model seed "
-           f"{seed}.", ""]
+           f"{seed}. A model with a sampler of its own draws from it instead: the joint CRBM's "
+           "lists are the first k items its block Gibbs chains at T activate "
+           "(`recsys_ebm/models/crbm/gibbs.py`).", ""]
     for name in (m for m, s in models.items() if s.get("temperature")):
         out += [f"`{name}`:", "", "| T | NDCG@10 | Recall@10 | Coverage@10 | Novelty@10 | Diversity@10 "
                 "| Personalization@10 | Gini@10 |", "|---|---|---|---|---|---|---|---|"]
