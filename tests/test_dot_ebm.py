@@ -261,11 +261,12 @@ def test_sampled_softmax_gradient_tends_to_the_exact_gradient(similarity):
         return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
 
     exact = flat_grad(module.exact_loss(users, targets))
+    pairs = (*torch.nonzero(targets, as_tuple=True), targets[targets > 0])
 
     def mean_relative_error(m: int) -> float:
         errors = []
         for draw in range(10):
-            sampled = module.sampled_loss(users, targets, log_q, m, torch.Generator().manual_seed(draw))
+            sampled = module.sampled_loss(users, pairs, log_q, m, torch.Generator().manual_seed(draw))
             errors.append(float((flat_grad(sampled) - exact).norm() / exact.norm()))
         return float(np.mean(errors))
 
@@ -442,3 +443,18 @@ def test_cosine_fold_in_of_long_histories_recovers_the_trained_direction():
     assert cosines.min() > 0.95
     total_variation = 0.5 * np.abs(model.probabilities(users, train) - model.probabilities(users)).sum(1)
     assert total_variation.max() < 0.08
+
+
+def test_batch_pairs_are_the_nonzeros_of_the_dense_rows_in_the_same_order():
+    from recsys_ebm.data.sparse import binarize
+    from recsys_ebm.models.dot_ebm import batch_pairs
+
+    rng = np.random.default_rng(3)
+    ratings = sp.random(40, 30, density=0.2, format="csr", random_state=4, dtype=np.float32)
+    binary = binarize(ratings)
+    rows = rng.permutation(40)[:17]  # any order, as a shuffled epoch takes them
+    got_rows, got_cols, got_weights = batch_pairs(binary, rows)
+    dense = torch.from_numpy(binary[rows].toarray())
+    want_rows, want_cols = torch.nonzero(dense, as_tuple=True)
+    assert torch.equal(got_rows, want_rows) and torch.equal(got_cols, want_cols)
+    assert torch.equal(got_weights, dense[want_rows, want_cols]) and len(got_rows) == binary[rows].nnz > 0

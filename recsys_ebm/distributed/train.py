@@ -39,7 +39,7 @@ from recsys_ebm.distributed.cluster import ray_cluster, require_ray
 from recsys_ebm.errors import ModelFileError
 from recsys_ebm.io import atomic_path, sha256_of
 from recsys_ebm.models.base import check_user_items
-from recsys_ebm.models.dot_ebm import DotEBM, DotEBMConfig, DotEBMModule
+from recsys_ebm.models.dot_ebm import DotEBM, DotEBMConfig, DotEBMModule, batch_pairs
 from recsys_ebm.models.training import TrainingHistory
 
 logger = logging.getLogger(__name__)
@@ -54,15 +54,17 @@ class _Objective(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, rows: torch.Tensor, targets: torch.Tensor, log_proposal: torch.Tensor,
+    def forward(self, rows: torch.Tensor, user_items: sp.csr_matrix, log_proposal: torch.Tensor,
                 generators: tuple[torch.Generator, torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
         """``generators``: this worker's (dropout), and the one every worker shares (negatives)."""
         cfg, model = self.model.config, self.model
         if cfg.user_model == "free":
             vectors = model.user_vectors[rows]
         else:
-            vectors = model.encode(targets, generators[0])
-        nll = model.sampled_loss(vectors, targets, log_proposal, cfg.n_negatives, generators[1])
+            vectors = model.encode(torch.from_numpy(user_items[rows.numpy()].toarray().astype(np.float32)),
+                                   generators[0])
+        nll = model.sampled_loss(vectors, batch_pairs(user_items, rows.numpy()), log_proposal,
+                                 cfg.n_negatives, generators[1])
         return nll + cfg.l2 * model.l2_penalty(vectors), nll.detach()
 
 
@@ -156,8 +158,7 @@ def _epoch(objective: nn.Module, optimizer: torch.optim.Optimizer, user_items: s
         # every worker takes part in every step (an all-reduce each); a shard one user short
         # reuses its first users for its last step
         rows = np.take(order, np.arange(step * local_batch, (step + 1) * local_batch), mode="wrap")
-        targets = torch.from_numpy(user_items[rows].toarray().astype(np.float32))
-        loss, nll = objective(torch.from_numpy(rows), targets, queue, generators)
+        loss, nll = objective(torch.from_numpy(rows), user_items, queue, generators)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
