@@ -53,3 +53,31 @@ def test_monitor_cli_alerts_a_bot_and_spares_genuine_streams(tmp_path, movielens
     share = alerts.loc[alerts["user_id"] != 99999, "user_id"].nunique() / genuine["user_id"].nunique()
     assert share < 0.15  # genuine streams alerted: near the calibrated 5%
     assert set(alerts.columns) >= {"user_id", "item_id", "timestamp", "energy", "statistic", "threshold"}
+
+
+def test_stream_report_cli_writes_the_page_and_logs_every_cell_to_mlflow(tmp_path, movielens_dir):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from recsys_ebm.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["stream-report", "--dataset", "movielens", "--variant", "100k", "--data-dir",
+                 str(movielens_dir), "--no-download", "--detectors", "popularity,markov", "--quiet",
+                 "--output-dir", str(tmp_path / "reports"), "--tracking-uri", uri,
+                 "--experiment", "stream"]) == 0
+    folder = tmp_path / "reports" / "ml-100k"
+    document = json.loads((folder / "stream.json").read_text())
+    assert set(document["results"]) == {"popularity/window", "popularity/cusum", "markov/window",
+                                        "markov/cusum"}
+    assert "| `markov/cusum` |" in (folder / "stream.md").read_text()
+    bot = document["results"]["popularity/window"]["bot"]["auc"]
+    assert bot > 0.9  # uniform random items are improbable under popularity (0.96 in the report)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("stream").experiment_id])
+    assert run.data.metrics["popularity.window.bot.auc"] == pytest.approx(bot)
+    assert run.data.metrics["markov.cusum.fpr_achieved"] == document["results"]["markov/cusum"]["fpr_achieved"]
+    assert run.data.params["stream.detectors"] == "popularity,markov" and run.data.params["dataset"] == "ml-100k"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"stream.json", "report"} <= artifacts

@@ -8,9 +8,11 @@ from pathlib import Path
 
 from recsys_ebm.cli.common import (
     add_data_args,
+    add_tracking_args,
     dataset_from_args,
     parse_override,
     split_ids,
+    tracker_from_args,
     write_out,
 )
 from recsys_ebm.data.readers import read_interactions
@@ -45,17 +47,25 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     report.add_argument("--fpr", type=float, default=0.01)
     report.add_argument("--seed", type=int, default=0)
     report.add_argument("--output-dir", default="reports")
+    add_tracking_args(report)
 
 
 def cmd_stream_report(args) -> int:
-    from recsys_ebm.experiments.stream_eval import write_stream_report
+    from recsys_ebm.experiments.stream_eval import stream_metrics, write_stream_report
 
     detectors: dict[str, dict] = {}
     for entry in split_ids(args.detectors):
         name, _, options = entry.partition(":")
         detectors[name] = dict(parse_override(o) for o in options.split(";") if o)
-    path = write_stream_report(dataset_from_args(args), detectors, args.output_dir, fpr=args.fpr,
-                               seed=args.seed)
+    dataset = dataset_from_args(args)
+    with tracker_from_args(args, "stream-report") as tracker:
+        tracker.log_params({"stream": {"detectors": args.detectors, "fpr": args.fpr, "seed": args.seed}})
+        tracker.log_dataset(dataset.name, dataset.checksum, source=dataset.source)
+        path, document = write_stream_report(dataset, detectors, args.output_dir, fpr=args.fpr,
+                                             seed=args.seed)
+        tracker.log_metrics(stream_metrics(document))
+        tracker.log_dict(document, "stream.json")
+        tracker.log_artifact(path, "report")
     write_out(f"stream report written to {path}\n")
     return 0
 

@@ -167,7 +167,9 @@ def run_stream_evaluation(interactions: Interactions, detectors: dict[str, dict]
 def write_stream_report(dataset, detectors: dict[str, dict], output_dir, fpr: float = 0.01,
                         seed: int = 0):
     """Run :func:`run_stream_evaluation` on a loaded dataset (users with < 5 interactions
-    dropped, as in every protocol) and write ``<output_dir>/<dataset>/stream.{md,json}``."""
+    dropped, as in every protocol) and write ``<output_dir>/<dataset>/stream.{md,json}``.
+
+    Returns the Markdown page's path and the document."""
     import json
     from pathlib import Path
 
@@ -184,7 +186,21 @@ def write_stream_report(dataset, detectors: dict[str, dict], output_dir, fpr: fl
     atomic_write_bytes(folder / "stream.md", render_stream_report(document, dataset.name).encode())
     for name in ("stream.json", "stream.md"):
         (folder / name).chmod(0o644)
-    return folder / "stream.md"
+    return folder / "stream.md", document
+
+
+def stream_metrics(document: dict) -> dict[str, float]:
+    """The document's numbers as flat metric names: ``<detector>.<statistic>.<injection>.auc``
+    (and ``detection_rate``, ``median_delay``), ``<detector>.<statistic>.fpr_achieved``."""
+    metrics: dict[str, float] = {}
+    for key, result in document["results"].items():
+        prefix = key.replace("/", ".")
+        metrics[f"{prefix}.fpr_achieved"] = result["fpr_achieved"]
+        for kind in INJECTIONS:
+            for name in ("auc", "detection_rate", "median_delay"):
+                if result[kind][name] is not None:
+                    metrics[f"{prefix}.{kind}.{name}"] = result[kind][name]
+    return metrics
 
 
 def render_stream_report(document: dict, title: str) -> str:
