@@ -46,6 +46,7 @@ from recsys_ebm.models.base import (
     check_user_ids,
     check_user_items,
 )
+from recsys_ebm.models.pair_logits import pair_logits
 from recsys_ebm.models.training import TrainingHistory, ranking_validator, run_training
 
 logger = logging.getLogger(__name__)
@@ -190,15 +191,17 @@ class DotEBMModule(nn.Module):
         if self.config.similarity == "cosine" and len(cols) + n_negatives >= len(self.item_vectors):
             # the batch touches more rows than the catalog has: normalise the table once
             table = nn.functional.normalize(self.item_vectors, dim=1)
-            pos_items, neg_items = table[cols], table[negatives]
+            pos_table, pos_cols, neg_items = table, cols, table[negatives]
         elif self.config.similarity == "cosine":  # normalise only the rows the batch touches
-            pos_items = nn.functional.normalize(self.item_vectors[cols], dim=1)
+            distinct, pos_cols = torch.unique(cols, return_inverse=True)
+            pos_table = nn.functional.normalize(self.item_vectors[distinct], dim=1)
             neg_items = nn.functional.normalize(self.item_vectors[negatives], dim=1)
         else:
-            pos_items, neg_items = self.item_vectors[cols], self.item_vectors[negatives]
-        # per pair, not one product against the batch's distinct items: a batch of 1,024 users
-        # touches nearly the whole catalog, and that product took twice the time (ML-20M shape)
-        pos = (users[rows] * pos_items).sum(1) + self.item_bias[cols] - log_mq[cols]
+            pos_table, pos_cols, neg_items = self.item_vectors, cols, self.item_vectors[negatives]
+        # per pair, with a sparse backward (pair_logits), not one product against the batch's
+        # distinct items: a batch of 1,024 users touches nearly the whole catalog, and that
+        # product took twice the time of the gathers (ML-20M shape)
+        pos = pair_logits(users, pos_table, rows, pos_cols) + self.item_bias[cols] - log_mq[cols]
         neg = users @ neg_items.T + self.item_bias[negatives] - log_mq[negatives]
         # log(e^pos + sum_j e^neg_j): the negatives' log-sum-exp once per user, not per pair
         per_pair = torch.logaddexp(pos, torch.logsumexp(neg, dim=1)[rows]) - pos
