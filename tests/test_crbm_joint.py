@@ -209,9 +209,8 @@ def test_gibbs_lists_at_low_temperature_are_the_exact_ranking():
 
 
 def test_gibbs_lists_explore_more_as_the_temperature_rises():
-    """On a model fitted to three taste clusters: T = 0 is the exact ranking; as T rises the
-    lists share fewer items with it and cover more of the catalog (measured: overlap with the
-    exact top 5 1.0, 0.61, 0.20, 0.07 at T = 0, 0.25, 1, 4; coverage 0.56, 0.98, 1, 1)."""
+    """On a model fitted to three taste clusters: the chains' lists tend to the exact ranking as
+    T -> 0; as T rises they share fewer items with it and cover more of the catalog."""
     rng = np.random.default_rng(0)
     n_users, n_items, k = 300, 80, 5
     taste, genre = rng.integers(0, 3, n_users), rng.integers(0, 3, n_items)
@@ -222,7 +221,7 @@ def test_gibbs_lists_explore_more_as_the_temperature_rises():
     users = np.arange(n_users)
     exact = model.recommend(users, k=k)[0]
     overlap, coverage = [], []
-    for temperature in (0.0, 0.25, 1.0, 4.0):
+    for temperature in (1e-3, 0.25, 1.0, 4.0):  # 1e-3: the chains run (T = 0 skips them)
         ids = model.recommend(users, k=k, temperature=temperature, rng=0)[0]
         assert (ids >= 0).all() and all(len(set(row)) == k for row in ids)
         assert not (dense[users[:, None], ids] > 0).any()  # never a rated item

@@ -261,7 +261,7 @@ def test_sampled_softmax_gradient_tends_to_the_exact_gradient(similarity):
         return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
 
     exact = flat_grad(module.exact_loss(users, targets))
-    pairs = (*torch.nonzero(targets, as_tuple=True), targets[targets > 0])
+    pairs = (*torch.nonzero(targets, as_tuple=True), targets[targets != 0])
 
     def mean_relative_error(m: int) -> float:
         errors = []
@@ -446,15 +446,18 @@ def test_cosine_fold_in_of_long_histories_recovers_the_trained_direction():
 
 
 def test_batch_pairs_are_the_nonzeros_of_the_dense_rows_in_the_same_order():
-    from recsys_ebm.data.sparse import binarize
     from recsys_ebm.models.dot_ebm import batch_pairs
 
     rng = np.random.default_rng(3)
-    ratings = sp.random(40, 30, density=0.2, format="csr", random_state=4, dtype=np.float32)
-    binary = binarize(ratings)
-    rows = rng.permutation(40)[:17]  # any order, as a shuffled epoch takes them
-    got_rows, got_cols, got_weights = batch_pairs(binary, rows)
-    dense = torch.from_numpy(binary[rows].toarray())
+    weighted = sp.random(40, 30, density=0.2, format="csr", random_state=4, dtype=np.float32)
+    weighted.data = rng.integers(1, 6, weighted.nnz).astype(np.float32)  # weights, not only ones
+    weighted = sp.csr_matrix(sp.diags((np.arange(40) != 5).astype(np.float32)) @ weighted)  # user 5: none
+    weighted.sort_indices()
+    # any order, a repeated user (as a worker's last step wraps around), the empty one
+    rows = np.concatenate([rng.permutation(40)[:17], [3, 3, 5]])
+    got_rows, got_cols, got_weights = batch_pairs(weighted, rows)
+    dense = torch.from_numpy(weighted[rows].toarray())
     want_rows, want_cols = torch.nonzero(dense, as_tuple=True)
     assert torch.equal(got_rows, want_rows) and torch.equal(got_cols, want_cols)
-    assert torch.equal(got_weights, dense[want_rows, want_cols]) and len(got_rows) == binary[rows].nnz > 0
+    assert torch.equal(got_weights, dense[want_rows, want_cols]) and len(got_rows) == weighted[rows].nnz
+    assert set(got_weights.tolist()) > {1.0} and (got_rows == len(rows) - 1).sum() == 0

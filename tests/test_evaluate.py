@@ -236,7 +236,7 @@ def test_report_pages_state_the_recall_and_map_definitions():
     document = copy.deepcopy(committed)  # the page as rendered before any ``_allrel`` columns
     for section in document["models"].values():
         for stat in ("mean", "std"):
-            for name in [m for m in section.get(stat, {}) if "_allrel" in m]:
+            for name in [m for m in section[stat] if "_allrel" in m]:
                 del section[stat][name]
         for run in section.get("per_seed", []):
             for name in [m for m in run if "_allrel" in m]:

@@ -61,6 +61,9 @@ def test_log_next_is_a_distribution_over_the_unseen_items(fitted):
     for r in range(len(PROBES)):
         assert np.isneginf(log_p[r, PROBES.row(r)]).all()
         assert np.isfinite(np.delete(log_p[r], PROBES.row(r))).all()
+    # the ranking is the distribution's order
+    ids, _ = model.recommend(np.arange(len(PROBES)), sequences=PROBES, k=3)
+    np.testing.assert_array_equal(ids, np.argsort(-log_p, axis=1, kind="stable")[:, :3])
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.7])

@@ -79,5 +79,11 @@ def test_stream_report_cli_writes_the_page_and_logs_every_cell_to_mlflow(tmp_pat
     assert run.data.metrics["popularity.window.bot.auc"] == pytest.approx(bot)
     assert run.data.metrics["markov.cusum.fpr_achieved"] == document["results"]["markov/cusum"]["fpr_achieved"]
     assert run.data.params["stream.detectors"] == "popularity,markov" and run.data.params["dataset"] == "ml-100k"
+    from recsys_ebm.experiments.stream_eval import stream_metrics
+
+    expected = stream_metrics(document)
+    assert set(run.data.metrics) == set(expected) and len(expected) >= 4 * (1 + 4 * 2)
+    assert all(run.data.metrics[k] == pytest.approx(v) for k, v in expected.items())
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"stream.json", "report"} <= artifacts
+    assert "stream.json" in artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "report")} == {"report/stream.md"}

@@ -58,12 +58,13 @@ class _Objective(nn.Module):
                 generators: tuple[torch.Generator, torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
         """``generators``: this worker's (dropout), and the one every worker shares (negatives)."""
         cfg, model = self.model.config, self.model
+        batch = rows.numpy()
         if cfg.user_model == "free":
             vectors = model.user_vectors[rows]
         else:
-            vectors = model.encode(torch.from_numpy(user_items[rows.numpy()].toarray().astype(np.float32)),
+            vectors = model.encode(torch.from_numpy(user_items[batch].toarray().astype(np.float32)),
                                    generators[0])
-        nll = model.sampled_loss(vectors, batch_pairs(user_items, rows.numpy()), log_proposal,
+        nll = model.sampled_loss(vectors, batch_pairs(user_items, batch), log_proposal,
                                  cfg.n_negatives, generators[1])
         return nll + cfg.l2 * model.l2_penalty(vectors), nll.detach()
 

@@ -244,12 +244,14 @@ def _tuning(document: dict) -> list[str]:
 
 def _temperature(document: dict, plots: dict[str, str]) -> list[str]:
     models, seed = document["models"], document["config"]["seeds"][0]
+    chains = any((s.get("chosen") or {}).get("visible") == "joint" for s in models.values()
+                 if s.get("temperature"))
     out = ["## Temperature trade-off", "",
            f"Top-{TRADEOFF_K} lists drawn by `recommend(temperature=T, rng={seed})`: k distinct "
            "unseen items from softmax(score / T) (T = 0 is the exact ranking), model seed "
-           f"{seed}. A model with a sampler of its own draws from it instead: the joint CRBM's "
-           "lists are the first k items its block Gibbs chains at T activate "
-           "(`recsys_ebm/models/crbm/gibbs.py`).", ""]
+           f"{seed}." + (" The joint CRBM draws from a sampler of its own instead: its lists are "
+                         "the first k items its block Gibbs chains at T activate "
+                         "(`recsys_ebm/models/crbm/gibbs.py`)." if chains else ""), ""]
     for name in (m for m, s in models.items() if s.get("temperature")):
         out += [f"`{name}`:", "", "| T | NDCG@10 | Recall@10 | Coverage@10 | Novelty@10 | Diversity@10 "
                 "| Personalization@10 | Gini@10 |", "|---|---|---|---|---|---|---|---|"]

@@ -31,7 +31,7 @@ from recsys_ebm.ranking.topk import check_k, check_temperature, item_mask, mask_
 from recsys_ebm.ranking.vectors import augment_items, augment_users
 
 #: Bytes of float32 scores per worker thread: sets how many users one BLAS call scores (about
-#: 155 for 27,000 items, 16 for a million). Measured on the ML-20M shape (2 threads, dim 64,
+#: 155 for 27,000 items, 8 for a million). Measured on the ML-20M shape (2 threads, dim 64,
 #: top-100): 1 MB blocks take 2.9x the time of 16 MB ones (per-block overhead), 8 MB 1.15x,
 #: 32 MB 1.46x (the block no longer stays in cache between the product and the top-k).
 BLOCK_BYTES = 16 << 20

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from recsys_ebm.ranking.faiss_index import heap_top_k
-from recsys_ebm.ranking.sampling import LOG2E, sample_top_k
+from recsys_ebm.ranking.sampling import sample_top_k
 from recsys_ebm.ranking.topk import check_k, check_temperature
 
 
@@ -156,6 +156,7 @@ def logsumexp_rows(scores: np.ndarray, row_max: np.ndarray, work: np.ndarray | N
     ``row_max`` is each row's largest score (the first of its top-k), float64 (n,); ``work``
     an optional float32 scratch buffer of at least ``min(n, step) * n_items`` entries.
     """
+    scores = np.ascontiguousarray(scores)  # no copy for the usual C-ordered blocks
     n, n_items = scores.shape
     out = np.full(n, -np.inf)
     ok = np.isfinite(row_max)
@@ -165,7 +166,7 @@ def logsumexp_rows(scores: np.ndarray, row_max: np.ndarray, work: np.ndarray | N
     shift = np.where(direct | ~ok, 0.0, row_max)
     shift32 = shift.astype(np.float32)[:, None]
     step = max(1, _CACHE_BYTES // (4 * max(n_items, 1)))
-    if work is None or work.size < min(step, n) * n_items:
+    if work is None or work.dtype != np.float32 or work.size < min(step, n) * n_items:
         work = np.empty(min(step, n) * n_items, dtype=np.float32)
     total = np.empty(n)
     ones = torch.ones(n_items, dtype=torch.float32)

@@ -14,9 +14,9 @@ state (no free item rated).
 ``burn_in`` steps, then up to ``n_steps`` more; after each of those steps, the free items that
 are rated in some chain and not yet listed join the list, until the list has k distinct items.
 Items activated by the same step join in a seeded random order (one random priority per user
-and item, from its own stream), so that when a step activates more than the list has room for,
-the chains' sample decides which join, not the exact score: ordering them by exact score would
-give back the exact top k whenever the chains activate many items, at any T. If the chains
+and item, from its own stream): when a step activates more than the list has room for, which
+of them join is left to chance, not to the exact score. Ordering them by exact score gave back
+the exact top k whenever the chains activated many items, at any T. If the chains
 activate fewer than k items, the list is completed from the exact ranking (the exact score of
 ``CRBM.score``). The k items are returned best exact score first. As T -> 0 the chains freeze in the ground state (hiddens
 h* = [x > 0]); the list is then the exact ranking whenever the free items the ground state
@@ -107,8 +107,7 @@ def exploratory_lists(chains: ChainModel, x_user: torch.Tensor, free: np.ndarray
     """
     n, n_items = free.shape
     generators = [block_generator(seed, int(key), GIBBS_STREAM) for key in keys]
-    priority = np.stack([block_generator(seed, int(key), ORDER_STREAM).random(n_items) for key in keys]) \
-        if n else np.empty((0, n_items))
+    priority = np.stack([block_generator(seed, int(key), ORDER_STREAM).random(n_items) for key in keys])
     x_rows = x_user.double().repeat_interleave(n_chains, dim=0)
     free_rows = torch.from_numpy(np.repeat(free, n_chains, axis=0))
     states = torch.zeros(free_rows.shape, dtype=torch.int64)
