@@ -144,18 +144,26 @@ def test_temporal_holdout_picks_the_latest():
     assert (first_test > last_train.loc[first_test.index]).all()
 
 
-def test_temporal_ties_are_broken_deterministically_and_independently_of_row_order():
+def test_temporal_ties_follow_the_seeded_permutation_not_the_ids_nor_the_row_order():
     frame = pd.DataFrame(
         {"user_id": [1] * 5 + [2] * 5, "item_id": [5, 3, 9, 1, 7] * 2, "timestamp": [10] * 10}
     )
     frame["row"] = np.arange(10)
+    from recsys_ebm.data.sequences import tie_keys
+
     split = temporal_holdout(frame, n=2)
-    held = dropped_rows(frame, split)  # both users hold out 7 and 9, so both are unknown
-    assert split.test.empty and split.n_dropped == 4
-    assert sorted(held.loc[held["user_id"] == 1, "item_id"]) == [7, 9]  # larger id = later
+    held = pd.concat([split.test, dropped_rows(frame, split)])
+    keys = tie_keys(frame["user_id"], frame["item_id"])
+    for user in (1, 2):  # each user's two largest tie keys are the two "latest" items
+        mine = frame["user_id"] == user
+        expected = frame.loc[mine, "item_id"].to_numpy()[np.argsort(keys[mine.to_numpy()])[-2:]]
+        assert sorted(held.loc[held["user_id"] == user, "item_id"]) == sorted(expected)
+    picks = [tuple(sorted(held.loc[held["user_id"] == u, "item_id"])) for u in (1, 2)]
+    assert picks[0] != picks[1] and (7, 9) not in picks  # a per-user permutation, not the ids
     shuffled = frame.sample(frac=1.0, random_state=5).reset_index(drop=True)
     again = temporal_holdout(shuffled, n=2)
     assert set(again.train["row"]) == set(split.train["row"])
+    assert set(temporal_holdout(frame, n=2, tie_seed=1).train["row"]) != set(split.train["row"])
 
 
 def test_temporal_n_and_leave_one_out():

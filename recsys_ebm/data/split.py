@@ -122,13 +122,16 @@ def random_holdout(frame: pd.DataFrame, fraction: float = 0.2, seed: int = 0) ->
     return _finish(frame, is_test, name="random_holdout")
 
 
-def temporal_holdout(frame: pd.DataFrame, fraction: float = 0.2, n: int | None = None) -> Split:
+def temporal_holdout(frame: pd.DataFrame, fraction: float = 0.2, n: int | None = None,
+                     tie_seed: int = TIE_SEED) -> Split:
     """Per user, the latest ``max(1, floor(fraction * count))`` interactions go to test.
 
     ``n``, when given, replaces ``fraction``: the latest ``n`` per user (capped so every user
-    keeps one train row). A user with a single interaction stays in train. Timestamp ties are
-    broken deterministically and independently of row order: among equal timestamps the larger
-    ``item_id`` counts as later (then the later row).
+    keeps one train row). A user with a single interaction stays in train. Interactions with the
+    same timestamp are ordered by the next-item protocol's seeded permutation
+    (:func:`recsys_ebm.data.sequences.tie_keys`), as in :func:`leave_one_out`: independent of the
+    row order and of the ids (ordering them by id would hold out the larger ids, on MovieLens the
+    newer and less popular films, whenever a tie straddles the cut).
 
     Parameters
     ----------
@@ -145,7 +148,9 @@ def temporal_holdout(frame: pd.DataFrame, fraction: float = 0.2, n: int | None =
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
         counts = np.bincount(users)
         n_test = np.where(counts < 2, 0, np.minimum(n, counts - 1))
-    position = _position_within_user(users, *_latest_first_keys(frame))
+    keys = tie_keys(frame["user_id"].to_numpy(), frame["item_id"].to_numpy(), tie_seed)
+    # latest first: descending timestamp, then descending tie key
+    position = _position_within_user(users, -_numeric_timestamps(frame).astype(np.float64), ~keys)
     is_test = position < n_test[users]
     return _finish(
         frame, is_test, name="temporal_holdout" if n is None else f"temporal_holdout(n={n})"
@@ -341,14 +346,6 @@ def _numeric_timestamps(frame: pd.DataFrame) -> np.ndarray:
             "read the data with recsys_ebm.data.readers.read_interactions"
         )
     return timestamps
-
-
-def _latest_first_keys(frame: pd.DataFrame) -> tuple[np.ndarray, ...]:
-    """Sort keys putting the latest interaction first: timestamp, then item id, then row."""
-    timestamps = _numeric_timestamps(frame)
-    item_rank = pd.factorize(frame["item_id"], sort=True)[0]
-    row = np.arange(len(frame))
-    return (-timestamps.astype(np.float64), -item_rank, -row)
 
 
 def _finish(
