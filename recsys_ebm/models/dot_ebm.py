@@ -121,7 +121,8 @@ def _dense_rows(user_items: sp.csr_matrix, rows: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(user_items[rows].toarray().astype(np.float32, copy=False))
 
 
-def batch_pairs(user_items: sp.csr_matrix, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def batch_pairs(user_items: sp.csr_matrix, rows: np.ndarray
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The (batch row, item, weight) triples of users ``rows`` of a canonical CSR, in row-major
     order (the order ``torch.nonzero`` of the dense rows gives), without densifying them."""
     batch = user_items[rows]

@@ -18,7 +18,9 @@ and item, from its own stream): when a step activates more than the list has roo
 of them join is left to chance, not to the exact score. Ordering them by exact score gave back
 the exact top k whenever the chains activated many items, at any T. If the chains
 activate fewer than k items, the list is completed from the exact ranking (the exact score of
-``CRBM.score``). The k items are returned best exact score first. As T -> 0 the chains freeze in the ground state (hiddens
+``CRBM.score``). The k items are returned best exact score first.
+
+As T -> 0 the chains freeze in the ground state (hiddens
 h* = [x > 0]); the list is then the exact ranking whenever the free items the ground state
 rates (a_i + b[i, k] + h* . V[i, k] > 0 for some k) are among the exact top k, in particular
 when it rates none, as in models trained on sparse data.
