@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ import pandas as pd
 import pytest
 from ray_fixtures import listening_addresses, loopback_only, session_pids
 
+from recsys_ebm.distributed.cluster import RAY_DATA_THREADS, settle_threads
 from recsys_ebm.errors import DataError
 from recsys_ebm.models.dot_ebm import DotEBM
 
@@ -104,6 +107,9 @@ def test_an_interrupted_export_resumes_by_shard(ray_cluster_info, saved_model, t
 
     with pytest.raises(KeyboardInterrupt):
         distributed_export(model, out, on_shard=stop, **kwargs)
+    # the stopped pipeline's fetcher threads ended before the driver disconnected (one left
+    # inside ray.get after ray.shutdown() makes Ray end the whole process)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(RAY_DATA_THREADS)]
     finished = sorted((tmp_path / "dataset.parts").glob("part-*.parquet"))
     assert 1 <= len(finished) < 19 and not out.exists()  # nothing visible before the commit
     # a shard whose file no longer matches its record is computed again, not trusted
@@ -162,3 +168,23 @@ def test_a_faiss_served_model_exports_the_same_rows(ray_cluster_info, saved_mode
                                 num_workers=2, config=config, show_progress=False)
     assert result.n_chunks == 8
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "dataset"), reference)
+
+
+def test_settling_waits_for_ray_datas_threads_only():
+    """Before the driver disconnects, Ray Data's fetcher threads started in the block are let
+    finish (within a bound); other threads, and those already running, are not waited for."""
+    release = threading.Event()
+    before = set(threading.enumerate())
+    fetcher = threading.Thread(target=lambda: time.sleep(0.4), name="iter_threaded", daemon=True)
+    other = threading.Thread(target=release.wait, name="tqdm_monitor", daemon=True)
+    fetcher.start()
+    other.start()
+    began = time.monotonic()
+    settle_threads(before, timeout=5)
+    assert not fetcher.is_alive() and other.is_alive() and time.monotonic() - began < 4
+    stuck = threading.Thread(target=release.wait, name="StreamingExecutor-x", daemon=True)
+    stuck.start()
+    began = time.monotonic()
+    settle_threads(before, timeout=0.3)  # a thread that does not end is given up on in time
+    assert stuck.is_alive() and time.monotonic() - began < 2
+    release.set()

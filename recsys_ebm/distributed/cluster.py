@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +18,10 @@ logger = logging.getLogger(__name__)
 #: object store of a cluster started by ``local``: small, the model and one shard per worker
 LOCAL_OBJECT_STORE_BYTES = 300 * 1024 * 1024
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+#: Ray Data's driver-side threads that call into Ray (the streaming executor, its block fetchers):
+#: one still inside Ray after ``ray.shutdown()`` ends the whole process, so they are let finish
+RAY_DATA_THREADS = ("StreamingExecutor-", "iter_threaded")
+SETTLE_SECONDS = 30.0
 
 
 def require_ray(address: str | None = None, feature: str = "--ray-address") -> Any:
@@ -66,7 +72,24 @@ def ray_cluster(address: str, num_workers: int, *,
     else:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     logger.info("connected to Ray at %s: %s", address, ray.cluster_resources())
+    before = set(threading.enumerate())
     try:
         yield ray
     finally:
+        settle_threads(before)
         ray.shutdown()
+
+
+def settle_threads(before: set[threading.Thread], timeout: float = SETTLE_SECONDS) -> None:
+    """Wait (at most ``timeout`` seconds in all) for Ray Data's threads started since
+    ``before`` to finish: a pipeline stopped early (an exception, an interrupt) leaves fetcher
+    threads inside ``ray.get`` for a moment, and Ray exits the process if they are still
+    there once the driver has disconnected."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread in before or not thread.name.startswith(RAY_DATA_THREADS):
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            logger.warning("Ray Data thread %s still running after %.0f s; disconnecting anyway",
+                           thread.name, timeout)

@@ -180,12 +180,17 @@ def _run_shards(job: ExportJob, parts: Path, todo: list[int], address: str, num_
         total = sum(min(job.config.chunk_size, job.n_users - s * job.config.chunk_size) for s in todo)
         with tqdm(total=total, unit="user", desc=f"export on {num_workers} Ray workers",
                   disable=not show_progress) as bar:
-            for count, row in enumerate(finished.iter_rows(), start=1):
-                bar.update(int(row["users"]))
-                logger.info("shard %d written (%d rows; %d of %d)", int(row["shard"]),
-                            int(row["rows"]), count, len(todo))
-                if on_shard is not None:
-                    on_shard(int(row["shard"]), job.n_chunks)
+            rows = iter(finished.iter_rows())
+            try:
+                for count, row in enumerate(rows, start=1):
+                    bar.update(int(row["users"]))
+                    logger.info("shard %d written (%d rows; %d of %d)", int(row["shard"]),
+                                int(row["rows"]), count, len(todo))
+                    if on_shard is not None:
+                        on_shard(int(row["shard"]), job.n_chunks)
+            finally:
+                # stops the pipeline's threads now, not when the traceback is collected
+                getattr(rows, "close", lambda: None)()
 
 
 def _commit(job: ExportJob, output: Path, parts: Path, manifest: dict[str, Any]) -> int:
