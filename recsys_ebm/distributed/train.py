@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ class _Objective(nn.Module):
         return nll + cfg.l2 * model.l2_penalty(vectors), nll.detach()
 
 
-def _seeded(seed: int, epoch: int, rank: int) -> torch.Generator:
+def seeded(seed: int, epoch: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
 
 
@@ -131,13 +132,13 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     queue = log_proposal(user_items, cfg.proposal_alpha)
     shard = worker_shard(np.flatnonzero(np.diff(user_items.indptr) > 0), cfg.seed, rank, world)
     local_batch = max(1, cfg.batch_size // world)
-    with _rank_zero_tracker(loop_config, rank, start) as tracker:
+    with rank_zero_tracker(loop_config, rank, start) as tracker:
         tracker.log_params({"model": "dpebm", "config": loop_config["config"],
                             "ray.num_workers": world, "ray.resumed_at_epoch": start})
         for epoch in range(start, cfg.epochs + 1):
             # the shuffle and dropout are the worker's own; the negatives are drawn alike on
             # every worker, one sample per global batch as in the single-process trainer
-            generators = _seeded(cfg.seed, epoch, rank + 1), _seeded(cfg.seed, epoch, 0)
+            generators = seeded(cfg.seed, epoch, rank + 1), seeded(cfg.seed, epoch, 0)
             metrics = _epoch(objective, optimizer, user_items, shard, local_batch, queue,
                              generators, loop_config["steps"])
             history.append(metrics)
@@ -174,20 +175,26 @@ def _report(module: DotEBMModule, optimizer: torch.optim.Optimizer, epoch: int,
             history: list[dict[str, float]], metrics: dict[str, float], rank: int,
             start: int) -> None:
     """Report the epoch to Ray Train; rank 0 with a checkpoint of the training state."""
+    report_epoch(lambda: {"module": module.state_dict(), "optimizer": optimizer.state_dict(),
+                          "epoch": epoch, "history": json.dumps(history),
+                          "attempt_started_at": start}, metrics, epoch, rank)
+
+
+def report_epoch(state: Callable[[], dict[str, Any]], metrics: dict[str, float], epoch: int,
+                 rank: int) -> None:
+    """Report an epoch's metrics to Ray Train; rank 0 with a checkpoint of ``state()``."""
     import ray.train
 
     if rank != 0:
         ray.train.report({**metrics, "epoch": epoch})
         return
     with tempfile.TemporaryDirectory() as directory:
-        save_state(Path(directory), {"module": module.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "epoch": epoch, "history": json.dumps(history),
-                                     "attempt_started_at": start})
+        save_state(Path(directory), state())
         ray.train.report({**metrics, "epoch": epoch},
                          checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
-def _rank_zero_tracker(loop_config: dict[str, Any], rank: int, start: int):
+def rank_zero_tracker(loop_config: dict[str, Any], rank: int, start: int):
     """Rank 0's MLflow run (one per attempt); a disabled tracker on the other ranks."""
     from recsys_ebm.tracking import Tracker
 
@@ -243,20 +250,27 @@ def train_dot_ebm(user_items: sp.csr_matrix, storage_path: str | Path, *, name: 
 def _fit(ray: Any, user_items: sp.csr_matrix, storage: Path, name: str, num_workers: int,
          config: DotEBMConfig, tracking: dict[str, str] | None, steps: int) -> Any:
     """Run (or resume) the TorchTrainer; returns its result."""
+    loop_config = {"config": config.to_dict(), "data": [ray.put(user_items)], "steps": steps,
+                   "name": name, "tracking": tracking}
+    logger.info("training dpebm on %d Ray workers (%d steps per epoch), run %s in %s",
+                num_workers, steps, name, storage)
+    return run_trainer(_train_loop, loop_config, storage, name, num_workers)
+
+
+def run_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], storage: Path,
+                name: str, num_workers: int) -> Any:
+    """Run (or resume) ``loop`` on ``num_workers`` Ray Train workers (DDP over gloo, one CPU
+    each), keeping the last two checkpoints in ``storage/name``; returns the result."""
     require_ray()
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     storage.mkdir(parents=True, exist_ok=True)
-    loop_config = {"config": config.to_dict(), "data": [ray.put(user_items)], "steps": steps,
-                   "name": name, "tracking": tracking}
     trainer = TorchTrainer(
-        _train_loop, train_loop_config=loop_config,
+        loop, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=False,
                                      resources_per_worker={"CPU": 1}),
         torch_config=TorchConfig(backend="gloo"),
         run_config=RunConfig(name=name, storage_path=str(storage.absolute()),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)))
-    logger.info("training dpebm on %d Ray workers (%d steps per epoch), run %s in %s",
-                num_workers, steps, name, storage)
     return trainer.fit()

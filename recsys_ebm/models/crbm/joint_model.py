@@ -22,7 +22,7 @@ from recsys_ebm.models.crbm import joint
 from recsys_ebm.models.crbm.cases import CaseData, pattern
 from recsys_ebm.models.crbm.gibbs import ChainModel, exploratory_lists
 from recsys_ebm.models.crbm.module import CRBMModule, initial_visible_bias
-from recsys_ebm.models.crbm.trainer import TrainingMonitor
+from recsys_ebm.models.crbm.trainer import Replicas, TrainingMonitor, check_replicable, share
 from recsys_ebm.models.training import TrainingHistory, ranking_validator, run_training
 from recsys_ebm.ranking.topk import mask_rows
 
@@ -40,12 +40,16 @@ class JointTrainer:
 
     Persistent chains are a pool of ``batch_size`` fantasy users (the joint layer has no
     conditioning input, so chains need not belong to users), started at random users' data.
+    ``replicas``: one of several data-parallel copies (:mod:`recsys_ebm.models.crbm.trainer`);
+    each copy's mean gradients are weighted by its share of the minibatch before the sum.
     """
 
     def __init__(self, config, module: CRBMModule, average: CRBMModule, data: CaseData,
-                 generator: torch.Generator):
+                 generator: torch.Generator, replicas: Replicas | None = None):
         self.config, self.module, self.average, self.data = config, module, average, data
-        self.generator = generator
+        self.generator, self.replicas = generator, replicas
+        if replicas is not None:
+            check_replicable(config)
         self.velocity = {name: torch.zeros_like(p) for name, p in module.named_parameters()}
         self.adam = joint.Adam(module) if config.optimizer == "adam" else None
         self.active = np.flatnonzero(np.diff(data.indptr) > 0)
@@ -58,18 +62,16 @@ class JointTrainer:
     def epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the users in a random order: the mean one-step reconstruction error
         per (user, item) of the (K + 1)-way states."""
-        cfg, module = self.config, self.module
+        cfg, module, replicas = self.config, self.module, self.replicas
         k = cfg.cd_k(epoch)
         lr = cfg.lr * cfg.lr_decay ** (epoch - 1)
         momentum = cfg.momentum_start if epoch <= cfg.momentum_epochs else cfg.momentum
-        order = self.active[torch.randperm(len(self.active), generator=self.generator).numpy()]
-        recon = 0.0
+        shuffle = self.generator if replicas is None else replicas.order_generator
+        order = self.active[torch.randperm(len(self.active), generator=shuffle).numpy()]
+        recon = torch.zeros(1, dtype=torch.float64)
         for start in range(0, len(order), cfg.batch_size):
-            batch = self.data.batch(order[start:start + cfg.batch_size])
-            grads, chains, err = joint.cd_gradients(module, batch, k, self.generator, cfg.item_chunk,
-                                                    self.fantasy, cfg.mean_field)
-            if self.fantasy is not None:
-                self.fantasy = chains
+            rows = order[start:start + cfg.batch_size]
+            grads, err = self._gradients(self.data.batch(share(rows, replicas)), k, len(rows))
             if self.adam is not None:
                 self.adam.step(module, grads, lr, cfg.weight_decay)
             else:
@@ -79,8 +81,28 @@ class JointTrainer:
                 with torch.no_grad():
                     for avg, param in zip(self.average.parameters(), module.parameters(), strict=True):
                         avg.mul_(cfg.ema).add_(param, alpha=1.0 - cfg.ema)
+        if replicas is not None:
+            replicas.all_sum([recon])
         self.schedule.update(lr=lr, cd_k=float(k))
-        return {"recon_error": recon / max(len(order) * self.data.n_units, 1)}
+        return {"recon_error": float(recon) / max(len(order) * self.data.n_units, 1)}
+
+    def _gradients(self, batch, k: int, n_batch: int) -> tuple[dict[str, torch.Tensor], float]:
+        """The minibatch's mean ascent directions (summed over the copies, each weighted by its
+        share of the ``n_batch`` cases) and this copy's reconstruction error."""
+        module, replicas = self.module, self.replicas
+        if batch.n_cases:
+            grads, chains, err = joint.cd_gradients(module, batch, k, self.generator,
+                                                    self.config.item_chunk, self.fantasy,
+                                                    self.config.mean_field)
+            if self.fantasy is not None:
+                self.fantasy = chains
+        else:  # no share of the last, smaller minibatch: still part of the sum
+            grads, err = {name: torch.zeros_like(p) for name, p in module.named_parameters()}, 0.0
+        if replicas is not None:
+            for grad in grads.values():
+                grad.mul_(batch.n_cases / n_batch)
+            replicas.all_sum(list(grads.values()))
+        return grads, err
 
 
 class JointCRBM:
@@ -98,12 +120,11 @@ class JointCRBM:
         return CRBMRetrieval(self)
 
     # ------------------------------------------------------------------ training
-    def _train_joint(self, train_csr: sp.csr_matrix, val_csr: sp.csr_matrix | None, epochs: int,
-                     callback, show_progress: bool) -> TrainingHistory:
-        """One joint training run on a users x items level CSR; early stopping on the
-        validation items' NDCG@10 (ranked among the user's unrated items)."""
+    def _initial_joint_parts(self, train_csr: sp.csr_matrix, generator: torch.Generator
+                             ) -> tuple[CRBMModule, CRBMModule, CaseData]:
+        """The joint model's initial module, its EMA copy and the training cases; the model
+        serves with the copy from now on."""
         cfg = self.config
-        generator = torch.Generator().manual_seed(cfg.seed)
         data = CaseData.from_csr(train_csr, None)
         n_levels = len(self.levels)
         module = CRBMModule(data.n_units, n_levels, cfg.n_hidden, True, generator, cfg.init_std, joint=True)
@@ -113,7 +134,16 @@ class JointCRBM:
             n_rated = np.bincount(data.indices, minlength=data.n_units)
             module.a.copy_(joint.initial_rating_bias(n_rated, data.n_cases))
         average = copy.deepcopy(module) if cfg.ema > 0 else module
-        self.module, self.data = average, data
+        self.module, self.data, self._x = average, data, None
+        return module, average, data
+
+    def _train_joint(self, train_csr: sp.csr_matrix, val_csr: sp.csr_matrix | None, epochs: int,
+                     callback, show_progress: bool) -> TrainingHistory:
+        """One joint training run on a users x items level CSR; early stopping on the
+        validation items' NDCG@10 (ranked among the user's unrated items)."""
+        cfg = self.config
+        generator = torch.Generator().manual_seed(cfg.seed)
+        module, average, data = self._initial_joint_parts(train_csr, generator)
         trainer = JointTrainer(cfg, module, average, data, generator)
         monitor = TrainingMonitor(self, data, val_csr, np.random.default_rng([cfg.seed, 2]))
         rank = None

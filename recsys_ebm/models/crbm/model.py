@@ -25,10 +25,10 @@ from recsys_ebm.models.crbm.cases import (
     to_cases,
 )
 from recsys_ebm.models.crbm.config import CRBMConfig
-from recsys_ebm.models.crbm.joint_model import JointCRBM
+from recsys_ebm.models.crbm.joint_model import JointCRBM, JointTrainer
 from recsys_ebm.models.crbm.module import CRBMModule, initial_visible_bias
 from recsys_ebm.models.crbm.threads import threaded as _threaded
-from recsys_ebm.models.crbm.trainer import CDTrainer, TrainingMonitor
+from recsys_ebm.models.crbm.trainer import CDTrainer, Replicas, TrainingMonitor
 from recsys_ebm.models.training import TrainingHistory, run_training
 
 logger = logging.getLogger(__name__)
@@ -162,14 +162,26 @@ class CRBM(JointCRBM, Recommender):
             r_csr = pattern(pattern(cases) + to_cases(pattern(queries), cfg.orientation))
         return CaseData.from_csr(cases, r_csr)
 
-    def _train(self, train_csr: sp.csr_matrix, val_csr: sp.csr_matrix | None,
-               queries: sp.csr_matrix | None, epochs: int, callback: EpochCallback | None,
-               show_progress: bool) -> TrainingHistory:
-        """One training run on a level CSR (users x items, values level + 1)."""
-        cfg = self.config
+    def replica_trainer(self, user_items: sp.csr_matrix, replicas: Replicas | None
+                        ) -> CDTrainer | JointTrainer:
+        """Set the model up on a users x items ratings CSR for a training loop run elsewhere,
+        as one of several data-parallel copies (``replicas``; None: the only copy): the rating
+        levels, the initial weights (alike on every copy: they come from ``seed``) and the
+        trainer, whose ``epoch(e)`` runs one epoch. No validation and no early stopping; the model predicts
+        with the trained (or EMA) weights as they stand."""
+        level_csr = self._set_levels(user_items)
+        generator = torch.Generator().manual_seed(self.config.seed)
         if self.is_joint:
-            return self._train_joint(train_csr, val_csr, epochs, callback, show_progress)
-        generator = torch.Generator().manual_seed(cfg.seed)
+            module, average, data = self._initial_joint_parts(level_csr, generator)
+            return JointTrainer(self.config, module, average, data, generator, replicas)
+        module, average, data = self._initial_parts(level_csr, None, generator)
+        return CDTrainer(self.config, module, average, data, generator, replicas)
+
+    def _initial_parts(self, train_csr: sp.csr_matrix, queries: sp.csr_matrix | None,
+                       generator: torch.Generator) -> tuple[CRBMModule, CRBMModule, CaseData]:
+        """The rating-only model's initial module, its EMA copy and the training cases; the
+        model serves with the copy from now on."""
+        cfg = self.config
         data = self._training_cases(train_csr, queries)
         n_levels = len(self.levels)
         module = CRBMModule(data.n_units, n_levels, cfg.n_hidden, cfg.conditional, generator, cfg.init_std)
@@ -178,7 +190,18 @@ class CRBM(JointCRBM, Recommender):
             module.b.copy_(initial_visible_bias(data, n_levels))
         # with ema the model predicts with (and early-stops on) the averaged weights
         average = copy.deepcopy(module) if cfg.ema > 0 else module
-        self.module, self.data = average, data
+        self.module, self.data, self._x = average, data, None
+        return module, average, data
+
+    def _train(self, train_csr: sp.csr_matrix, val_csr: sp.csr_matrix | None,
+               queries: sp.csr_matrix | None, epochs: int, callback: EpochCallback | None,
+               show_progress: bool) -> TrainingHistory:
+        """One training run on a level CSR (users x items, values level + 1)."""
+        cfg = self.config
+        if self.is_joint:
+            return self._train_joint(train_csr, val_csr, epochs, callback, show_progress)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        module, average, data = self._initial_parts(train_csr, queries, generator)
         trainer = CDTrainer(cfg, module, average, data, generator)
         monitor = TrainingMonitor(self, data, val_csr, np.random.default_rng([cfg.seed, 2]))
 

@@ -1,9 +1,14 @@
 """One CRBM training run: CD-k epochs over minibatches of cases (`CDTrainer`) and the
-per-epoch metrics early stopping watches (`TrainingMonitor`)."""
+per-epoch metrics early stopping watches (`TrainingMonitor`).
+
+A trainer given ``replicas`` (:class:`Replicas`) is one of several data-parallel copies: every
+copy draws the same order of cases, takes its own share of each minibatch, and the gradient sums
+and counts are added over the copies before the (identical) update, so every copy takes the step
+of the whole minibatch."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -18,16 +23,41 @@ if TYPE_CHECKING:
     from recsys_ebm.models.crbm.model import CRBM
 
 
+class Replicas(Protocol):
+    """The data-parallel copies a trainer is one of: ``rank`` of ``world``, the generator of
+    the case order (alike on every copy), and an in-place sum of tensors over the copies."""
+
+    rank: int
+    world: int
+    order_generator: torch.Generator
+
+    def all_sum(self, tensors: list[torch.Tensor]) -> None: ...
+
+
+def share(rows: np.ndarray, replicas: Replicas | None) -> np.ndarray:
+    """This copy's share of a minibatch: every ``world``-th case from ``rank`` on."""
+    return rows if replicas is None else rows[replicas.rank::replicas.world]
+
+
+def check_replicable(config: CRBMConfig) -> None:
+    """Persistent chains are each copy's own state, which a checkpoint of rank 0 cannot hold."""
+    if config.persistent:
+        raise ValueError("data-parallel CRBM training uses CD from the data: persistent=False")
+
+
 class CDTrainer:
     """CD-k epochs: momentum updates, optional persistent chains and an EMA of the weights.
 
-    ``module`` is trained; ``average`` is the EMA copy (or ``module`` itself without ``ema``).
+    ``module`` is trained; ``average`` is the EMA copy (or ``module`` itself without ``ema``);
+    ``replicas``: this trainer is one of several data-parallel copies (module docstring).
     """
 
     def __init__(self, config: CRBMConfig, module: CRBMModule, average: CRBMModule,
-                 data: CaseData, generator: torch.Generator):
+                 data: CaseData, generator: torch.Generator, replicas: Replicas | None = None):
         self.config, self.module, self.average, self.data = config, module, average, data
-        self.generator = generator
+        self.generator, self.replicas = generator, replicas
+        if replicas is not None:
+            check_replicable(config)
         self.velocity = {name: torch.zeros_like(p) for name, p in module.named_parameters()}
         self.active = np.flatnonzero(np.diff(data.indptr) > 0)
         self.fantasy = torch.from_numpy(data.levels.copy()) if config.persistent else None
@@ -41,23 +71,33 @@ class CDTrainer:
         k = cfg.cd_k(epoch)
         lr = cfg.lr * cfg.lr_decay ** (epoch - 1)
         momentum = cfg.momentum_start if epoch <= cfg.momentum_epochs else cfg.momentum
-        order = self.active[torch.randperm(len(self.active), generator=self.generator).numpy()]
-        recon, n_entries = 0.0, 0
+        replicas = self.replicas
+        shuffle = self.generator if replicas is None else replicas.order_generator
+        order = self.active[torch.randperm(len(self.active), generator=shuffle).numpy()]
+        totals = torch.zeros(2, dtype=torch.float64)  # reconstruction error, rated entries
         for start in range(0, len(order), cfg.batch_size):
-            batch = self.data.batch(order[start:start + cfg.batch_size])
-            recon += self._step(batch, k, lr, momentum)
-            n_entries += len(batch.units)
+            batch = self.data.batch(share(order[start:start + cfg.batch_size], replicas))
+            totals += torch.tensor([self._step(batch, k, lr, momentum), len(batch.units)],
+                                   dtype=torch.float64)
+        if replicas is not None:
+            replicas.all_sum([totals])
         self.schedule.update(lr=lr, cd_k=float(k))
-        return {"recon_error": recon / max(n_entries, 1)}
+        return {"recon_error": float(totals[0] / totals[1].clamp_min(1))}
 
     def _step(self, batch: CaseBatch, k: int, lr: float, momentum: float) -> float:
         """CD-k gradients of one minibatch, the update and the EMA: the reconstruction error."""
         cfg, module, fantasy = self.config, self.module, self.fantasy
-        start_levels = fantasy[batch.positions] if fantasy is not None else None
-        grads, chain, err = module.cd_gradients(batch, k, self.generator, start_levels, cfg.mean_field)
-        if fantasy is not None:
-            fantasy[batch.positions] = chain
-        apply_update(module, grads, batch, self.velocity, lr, momentum, cfg.weight_decay)
+        if batch.n_cases:
+            start_levels = fantasy[batch.positions] if fantasy is not None else None
+            grads, chain, err = module.cd_gradients(batch, k, self.generator, start_levels, cfg.mean_field)
+            if fantasy is not None:
+                fantasy[batch.positions] = chain
+        else:  # a copy with no share of the last, smaller minibatch still takes part in the sum
+            grads, err = {name: torch.zeros_like(p) for name, p in module.named_parameters()}, 0.0
+        counts = update_counts(module, batch)
+        if self.replicas is not None:
+            self.replicas.all_sum([*grads.values(), *counts.values()])
+        apply_update(module, grads, counts, self.velocity, lr, momentum, cfg.weight_decay)
         if self.average is not module:
             with torch.no_grad():
                 for avg, param in zip(self.average.parameters(), module.parameters(), strict=True):
@@ -65,21 +105,33 @@ class CDTrainer:
         return err
 
 
+def update_counts(module: CRBMModule, batch: CaseBatch) -> dict[str, torch.Tensor]:
+    """What the update divides by: the cases that rated each unit (``touched``), that have it
+    in r (``r_touched``), and the cases of the batch."""
+    dtype = module.c.dtype
+    counts = {"touched": torch.bincount(batch.units, minlength=module.n_units).to(dtype),
+              "cases": torch.tensor([float(batch.n_cases)], dtype=dtype)}
+    if module.D is not None:
+        counts["r_touched"] = torch.bincount(batch.r_units, minlength=module.n_units).to(dtype)
+    return counts
+
+
 @torch.no_grad()
-def apply_update(module: CRBMModule, grads: dict[str, torch.Tensor], batch: CaseBatch,
+def apply_update(module: CRBMModule, grads: dict[str, torch.Tensor], counts: dict[str, torch.Tensor],
                  velocity: dict[str, torch.Tensor], lr: float, momentum: float,
                  weight_decay: float) -> None:
-    """Momentum step on the CD gradients, each row divided by the cases that touched it."""
-    touched = torch.bincount(batch.units, minlength=module.n_units).to(module.c.dtype)
+    """Momentum step on the CD gradients, each row divided by the cases that touched it
+    (``counts``: :func:`update_counts`)."""
+    touched = counts["touched"]
     scale = 1.0 / touched.clamp_min(1.0)
     mask = (touched > 0).to(module.c.dtype)
     steps = {
         "W": grads["W"] * scale[:, None, None] - weight_decay * module.W * mask[:, None, None],
         "b": grads["b"] * scale[:, None],
-        "c": grads["c"] / batch.n_cases,
+        "c": grads["c"] / counts["cases"],
     }
     if module.D is not None:
-        r_touched = torch.bincount(batch.r_units, minlength=module.n_units).to(module.c.dtype)
+        r_touched = counts["r_touched"]
         r_mask = (r_touched > 0).to(module.c.dtype)
         steps["D"] = grads["D"] / r_touched.clamp_min(1.0)[:, None] - weight_decay * module.D * r_mask[:, None]
     for name, param in module.named_parameters():
