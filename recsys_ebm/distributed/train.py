@@ -119,7 +119,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     user_items: sp.csr_matrix = ray.get(loop_config["data"][0])
     n_users, n_items = user_items.shape
     module = DotEBMModule(n_users, n_items, cfg, torch.Generator().manual_seed(cfg.seed))
-    optimizer = torch.optim.Adam(module.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(module.parameters(), lr=cfg.lr, fused=True)
     start, history = 1, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:

@@ -48,6 +48,7 @@ from recsys_ebm.models.base import (
 )
 from recsys_ebm.models.pair_logits import pair_logits
 from recsys_ebm.models.training import TrainingHistory, ranking_validator, run_training
+from recsys_ebm.models.unit_rows import unit_rows
 
 logger = logging.getLogger(__name__)
 
@@ -159,13 +160,13 @@ class DotEBMModule(nn.Module):
     def energy_users(self, user_vectors: torch.Tensor) -> torch.Tensor:
         """The user side of the inner product: p_u, or p_u / (|p_u| tau) for cosine energies."""
         if self.config.similarity == "cosine":
-            return nn.functional.normalize(user_vectors, dim=1) / self.config.cosine_temperature
+            return unit_rows(user_vectors) / self.config.cosine_temperature
         return user_vectors
 
     def energy_items(self) -> torch.Tensor:
         """The item side of the inner product: q_i, or q_i / |q_i| for cosine energies (n_items, dim)."""
         if self.config.similarity == "cosine":
-            return nn.functional.normalize(self.item_vectors, dim=1)
+            return unit_rows(self.item_vectors)
         return self.item_vectors
 
     def neg_energy_all(self, user_vectors: torch.Tensor) -> torch.Tensor:
@@ -191,12 +192,12 @@ class DotEBMModule(nn.Module):
         users = self.energy_users(user_vectors)
         if self.config.similarity == "cosine" and len(cols) + n_negatives >= len(self.item_vectors):
             # the batch touches more rows than the catalog has: normalise the table once
-            table = nn.functional.normalize(self.item_vectors, dim=1)
+            table = unit_rows(self.item_vectors)
             pos_table, pos_cols, neg_items = table, cols, table[negatives]
         elif self.config.similarity == "cosine":  # normalise only the rows the batch touches
             distinct, pos_cols = torch.unique(cols, return_inverse=True)
-            pos_table = nn.functional.normalize(self.item_vectors[distinct], dim=1)
-            neg_items = nn.functional.normalize(self.item_vectors[negatives], dim=1)
+            pos_table = unit_rows(self.item_vectors[distinct])
+            neg_items = unit_rows(self.item_vectors[negatives])
         else:
             pos_table, pos_cols, neg_items = self.item_vectors, cols, self.item_vectors[negatives]
         # per pair, with a sparse backward (pair_logits), not one product against the batch's
@@ -258,7 +259,7 @@ class DotEBM(EmbeddingMixin, Recommender):
         generator = torch.Generator().manual_seed(cfg.seed)
         module = DotEBMModule(self.n_users, self.n_items, cfg, generator)
         self.module = module
-        optimizer = torch.optim.Adam(module.parameters(), lr=cfg.lr)
+        optimizer = torch.optim.Adam(module.parameters(), lr=cfg.lr, fused=True)
         active = np.flatnonzero(np.diff(user_items.indptr) > 0)
         popularity = np.asarray(user_items.sum(axis=0)).ravel() + 1.0
         proposal = popularity**cfg.proposal_alpha
