@@ -117,3 +117,49 @@ def test_an_interrupted_training_resumes_from_its_last_checkpoint(two_workers, s
     # the same parameters as the run that was never interrupted
     np.testing.assert_allclose(resumed.item_factors, reference.item_factors, atol=1e-5)
     np.testing.assert_allclose(resumed.user_factors, reference.user_factors, atol=1e-5)
+
+
+def test_cli_trains_on_the_cluster_and_a_rerun_resumes(ray_cluster_info, movielens_dir, split,
+                                                       tmp_path):
+    """``train --model dpebm --set loss=sampled --ray-address A --num-workers 2`` trains the
+    configured epochs on the cluster, evaluates and saves like a single-process train, logs
+    each epoch to the command's MLflow run; the same command with the same ``--ray-storage``
+    resumes the finished run (no epoch trained again) and saves the same model."""
+    from recsys_ebm.cli import main
+    from recsys_ebm.models import load_model
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    options = ("loss=sampled", "epochs=5", "dim=16", "lr=0.02", "batch_size=64", "n_negatives=128")
+    argv = ["train", "--model", "dpebm", "--data-dir", str(movielens_dir), "--no-download",
+            "--quiet", "--tracking-uri", uri, "--ray-address", ray_cluster_info["address"],
+            "--num-workers", "2", "--ray-storage", str(tmp_path / "runs"),
+            *[arg for option in options for arg in ("--set", option)]]
+    assert main([*argv, "--output-dir", str(tmp_path / "first")]) == 0
+    first = load_model(tmp_path / "first")
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("recsys_ebm").experiment_id])[0]
+    assert run.data.params["ray.num_workers"] == "2"
+    assert len(client.get_metric_history(run.info.run_id, "train_nll")) == 5
+    # the single-process trainer, same options and epochs (the command's config, as saved)
+    reference = DotEBM(first.config).fit(split[0], show_progress=False)
+    ndcg, want = _ndcg(first, *split), _ndcg(reference, *split)
+    assert ndcg > 0.1 and abs(ndcg - want) <= NDCG_ATOL, (ndcg, want)
+    assert run.data.metrics["test_ndcg_at_10"] == pytest.approx(ndcg, abs=1e-6)
+    assert main([*argv, "--output-dir", str(tmp_path / "again")]) == 0
+    again = load_model(tmp_path / "again")
+    np.testing.assert_array_equal(first.user_factors, again.user_factors)
+    np.testing.assert_array_equal(first.item_factors, again.item_factors)
+
+
+def test_cli_names_what_cannot_train_on_the_cluster(movielens_dir, tmp_path, caplog):
+    from recsys_ebm.cli import main
+
+    common = ["train", "--data-dir", str(movielens_dir), "--no-download", "--no-mlflow",
+              "--ray-address", "local", "--output-dir", str(tmp_path / "out")]
+    assert main([*common, "--model", "als"]) == 2
+    assert "'als' trains in one process" in caplog.text
+    assert main([*common, "--model", "dpebm"]) == 2
+    assert "add --set loss=sampled" in caplog.text
+    assert main([*common, "--model", "crbm", "--set", "persistent=true"]) == 2
+    assert "drop persistent=true" in caplog.text
+    assert not (tmp_path / "out").exists()

@@ -22,7 +22,7 @@ from recsys_ebm.cli.common import (
 )
 from recsys_ebm.data.interactions import Interactions
 from recsys_ebm.evaluation.evaluate import format_table
-from recsys_ebm.experiments import runner
+from recsys_ebm.experiments import cluster_fit, runner
 from recsys_ebm.experiments.jobs import raw_to_index, saved_id_maps, serving_model
 from recsys_ebm.io import atomic_write_bytes, is_model_dir
 from recsys_ebm.models import load_model, model_class
@@ -51,6 +51,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
                        help="where the model is saved (default: outputs/<dataset>/<model>)")
     train.add_argument("--register", default=None, metavar="NAME",
                        help="register the logged MLflow pyfunc model as a version of NAME")
+    _add_cluster_args(train)
 
     evaluate = sub.add_parser("evaluate", parents=[common], help="run an evaluation protocol and write metrics as JSON")
     add_data_args(evaluate)
@@ -60,6 +61,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
                           help="top-N protocols, or rating prediction (explicit models such as crbm): "
                                "official-folds = ML-100K u1..u5, kfold = seeded 5-fold row split")
     evaluate.add_argument("--json", dest="json_path", default=None, help="write the metrics here")
+    _add_cluster_args(evaluate)
 
     recommend = sub.add_parser("recommend", parents=[common],
                                help="top-k unseen items for users of a saved model, or for a new "
@@ -91,10 +93,45 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
 
 
 
+def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
+    ray = parser.add_argument_group("data-parallel training (needs pip install \"recsys-ebm[ray]\")")
+    ray.add_argument("--ray-address", default=None, metavar="local|auto|HOST:PORT",
+                     help="train dpebm (--set loss=sampled) or crbm on a Ray cluster, for the "
+                          "configured epochs (no early stopping: --set epochs=N): local starts one "
+                          "here, auto or HOST:PORT joins one")
+    ray.add_argument("--num-workers", type=int, default=2, help="Ray workers (one CPU each)")
+    ray.add_argument("--ray-storage", default=None, metavar="DIR",
+                     help="keep the training's checkpoints here (a folder every node sees); "
+                          "the same command again resumes from the last one (default: a "
+                          "temporary folder)")
+
+
+def _fit(args, name: str, options: dict[str, Any], interactions: Interactions, tracker,
+         run_name: str) -> Any:
+    """On the cluster when ``--ray-address`` is given (its epochs logged afterwards), else by
+    early stopping on the validation split and a refit."""
+    if args.ray_address is None:
+        return None
+    model = cluster_fit.fit_on_cluster(name, options, interactions, address=args.ray_address,
+                                       num_workers=args.num_workers, run_name=run_name,
+                                       storage=None if args.ray_storage is None
+                                       else Path(args.ray_storage) / run_name)
+    prefix = "" if run_name == "train" else "production_"  # as the single-process refits log
+    for epoch, metrics in enumerate(model.history.epochs, start=1):
+        tracker.log_epoch(epoch, {prefix + k: v for k, v in metrics.items()})
+    tracker.log_params({"ray.num_workers": args.num_workers, "ray.address": args.ray_address})
+    return model
+
+
 def _train_and_evaluate(args, tracker) -> tuple[runner.Dataset, runner.PreparedData, Any, Any]:
     set_threads(args.threads)
-    dataset = dataset_from_args(args)
     options = model_options_from_args(args)
+    if args.ray_address is not None:  # before any loading or training: what to install or change
+        from recsys_ebm.distributed.cluster import require_ray
+
+        cluster_fit.check_cluster_model(args.model, options)
+        require_ray(args.ray_address)
+    dataset = dataset_from_args(args)
     split = runner.make_split(dataset.ratings, args.protocol, seed=0)
     data = runner.prepare(split, args.protocol)
     tracker.log_params({"model": args.model, "protocol": args.protocol, "split_seed": 0,
@@ -105,8 +142,10 @@ def _train_and_evaluate(args, tracker) -> tuple[runner.Dataset, runner.PreparedD
                         n_train=len(data.train), n_test=len(data.test),
                         n_users=data.train.n_users, n_items=data.train.n_items,
                         n_test_dropped=split.n_dropped)
-    model = runner.fit_with_validation(args.model, options, data, refit=not args.no_refit,
-                                       callback=tracker.log_epoch, show_progress=not args.quiet)
+    model = _fit(args, args.model, options, data.train, tracker, "train")
+    if model is None:
+        model = runner.fit_with_validation(args.model, options, data, refit=not args.no_refit,
+                                           callback=tracker.log_epoch, show_progress=not args.quiet)
     result = runner.evaluate_model(model, data, show_progress=not args.quiet)
     tracker.log_metrics({f"test_{k}": v for k, v in result.summary.items()})
     tracker.log_metrics({"best_epoch": model.history.best_epoch})
@@ -123,9 +162,11 @@ def cmd_train(args) -> int:
         evaluated, fitted_on = model, data.train
         if args.fit == "all":
             fitted_on = Interactions.from_frame(dataset.ratings, name="all")
-            model = runner.fit_production(args.model, model_options_from_args(args), fitted_on,
-                                          model.history.best_epoch, callback=tracker.log_epoch,
-                                          show_progress=not args.quiet)
+            model = _fit(args, args.model, model_options_from_args(args), fitted_on, tracker, "all")
+            if model is None:
+                model = runner.fit_production(args.model, model_options_from_args(args), fitted_on,
+                                              evaluated.history.best_epoch, callback=tracker.log_epoch,
+                                              show_progress=not args.quiet)
             tracker.log_params({"fit": "all", "fit_interactions": len(fitted_on)})
         # the model files hold its seen set (the interactions it was fitted on) and the id maps
         model.save(output, meta={"user_ids": fitted_on.user_map.to_list(),
