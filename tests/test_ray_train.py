@@ -162,4 +162,14 @@ def test_cli_names_what_cannot_train_on_the_cluster(movielens_dir, tmp_path, cap
     assert "add --set loss=sampled" in caplog.text
     assert main([*common, "--model", "crbm", "--set", "persistent=true"]) == 2
     assert "drop persistent=true" in caplog.text
+    assert main([*common, "--model", "crbm", "--no-refit"]) == 2
+    assert "trains without early stopping" in caplog.text
+    # refused before any connection: other machines' workers cannot write a local temp folder
+    remote = [a if a != "local" else "head.invalid:6379" for a in common]
+    assert main([*remote, "--model", "crbm"]) == 2
+    assert "needs --ray-storage DIR" in caplog.text
+    evaluate = ["evaluate", "--data-dir", str(movielens_dir), "--no-download", "--no-mlflow",
+                "--ray-address", "local", "--model", "crbm", "--protocol", "official-folds"]
+    assert main(evaluate) == 2
+    assert "top-N protocols only" in caplog.text
     assert not (tmp_path / "out").exists()

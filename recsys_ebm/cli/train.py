@@ -101,22 +101,18 @@ def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
                           "here, auto or HOST:PORT joins one")
     ray.add_argument("--num-workers", type=int, default=2, help="Ray workers (one CPU each)")
     ray.add_argument("--ray-storage", default=None, metavar="DIR",
-                     help="keep the training's checkpoints here (a folder every node sees); "
-                          "the same command again resumes from the last one (default: a "
-                          "temporary folder)")
+                     help="keep the training's checkpoints here (a folder every node sees; "
+                          "needed beyond this machine): the same training again resumes from its "
+                          "last checkpoint (default on this machine: a temporary folder)")
 
 
-def _fit(args, name: str, options: dict[str, Any], interactions: Interactions, tracker,
-         run_name: str) -> Any:
-    """On the cluster when ``--ray-address`` is given (its epochs logged afterwards), else by
-    early stopping on the validation split and a refit."""
-    if args.ray_address is None:
-        return None
+def _fit_on_cluster(args, name: str, options: dict[str, Any], interactions: Interactions, tracker,
+                    run_name: str) -> Any:
+    """The model trained on the ``--ray-address`` cluster, its epochs logged afterwards."""
     model = cluster_fit.fit_on_cluster(name, options, interactions, address=args.ray_address,
                                        num_workers=args.num_workers, run_name=run_name,
-                                       storage=None if args.ray_storage is None
-                                       else Path(args.ray_storage) / run_name)
-    prefix = "" if run_name == "train" else "production_"  # as the single-process refits log
+                                       storage=args.ray_storage)
+    prefix = "production_" if run_name == "all" else ""  # as the single-process refits log
     for epoch, metrics in enumerate(model.history.epochs, start=1):
         tracker.log_epoch(epoch, {prefix + k: v for k, v in metrics.items()})
     tracker.log_params({"ray.num_workers": args.num_workers, "ray.address": args.ray_address})
@@ -129,7 +125,10 @@ def _train_and_evaluate(args, tracker) -> tuple[runner.Dataset, runner.PreparedD
     if args.ray_address is not None:  # before any loading or training: what to install or change
         from recsys_ebm.distributed.cluster import require_ray
 
-        cluster_fit.check_cluster_model(args.model, options)
+        cluster_fit.check_cluster_model(args.model, options, args.ray_address, args.ray_storage)
+        if args.no_refit:
+            raise ValueError("--no-refit selects the early-stopped model; --ray-address trains "
+                             "without early stopping (drop one of them)")
         require_ray(args.ray_address)
     dataset = dataset_from_args(args)
     split = runner.make_split(dataset.ratings, args.protocol, seed=0)
@@ -142,8 +141,9 @@ def _train_and_evaluate(args, tracker) -> tuple[runner.Dataset, runner.PreparedD
                         n_train=len(data.train), n_test=len(data.test),
                         n_users=data.train.n_users, n_items=data.train.n_items,
                         n_test_dropped=split.n_dropped)
-    model = _fit(args, args.model, options, data.train, tracker, "train")
-    if model is None:
+    if args.ray_address is not None:
+        model = _fit_on_cluster(args, args.model, options, data.train, tracker, f"train-{args.protocol}")
+    else:
         model = runner.fit_with_validation(args.model, options, data, refit=not args.no_refit,
                                            callback=tracker.log_epoch, show_progress=not args.quiet)
     result = runner.evaluate_model(model, data, show_progress=not args.quiet)
@@ -162,8 +162,10 @@ def cmd_train(args) -> int:
         evaluated, fitted_on = model, data.train
         if args.fit == "all":
             fitted_on = Interactions.from_frame(dataset.ratings, name="all")
-            model = _fit(args, args.model, model_options_from_args(args), fitted_on, tracker, "all")
-            if model is None:
+            if args.ray_address is not None:
+                model = _fit_on_cluster(args, args.model, model_options_from_args(args), fitted_on,
+                                        tracker, "all")
+            else:
                 model = runner.fit_production(args.model, model_options_from_args(args), fitted_on,
                                               evaluated.history.best_epoch, callback=tracker.log_epoch,
                                               show_progress=not args.quiet)
@@ -189,6 +191,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    if args.protocol in RATING_PROTOCOLS and args.ray_address is not None:
+        raise ValueError("the rating protocols fit a model per fold in this process; "
+                         "--ray-address trains on the top-N protocols only")
     if args.protocol in RATING_PROTOCOLS:
         return _evaluate_ratings(args)
     if args.model in RATING_BASELINES:

@@ -52,7 +52,7 @@ class GlooReplicas:
     def all_sum(self, tensors: list[torch.Tensor]) -> None:
         import torch.distributed as dist
 
-        for dtype in {t.dtype for t in tensors}:
+        for dtype in sorted({t.dtype for t in tensors}, key=str):  # alike on every worker
             group = [t for t in tensors if t.dtype == dtype]
             flat = torch.cat([t.reshape(-1) for t in group])
             dist.all_reduce(flat)

@@ -31,5 +31,7 @@ class _UnitRows(torch.autograd.Function):
 
 def unit_rows(x: torch.Tensor) -> torch.Tensor:
     """``x`` (n, d) with every row scaled to unit length (rows of norm below 1e-12 are divided
-    by 1e-12, as ``torch.nn.functional.normalize`` does); differentiable."""
+    by 1e-12, as ``torch.nn.functional.normalize`` does); differentiable, with the gradient of
+    x / |x| (for rows shorter than 1e-12 that is not the gradient of x / 1e-12 that
+    ``normalize`` gives; such rows have no direction to train)."""
     return _UnitRows.apply(x)

@@ -101,7 +101,7 @@ class JointTrainer:
         if replicas is not None:
             for grad in grads.values():
                 grad.mul_(batch.n_cases / n_batch)
-            replicas.all_sum(list(grads.values()))
+            replicas.all_sum([grads[name] for name, _ in module.named_parameters()])
         return grads, err
 
 

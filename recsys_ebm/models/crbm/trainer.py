@@ -96,7 +96,8 @@ class CDTrainer:
             grads, err = {name: torch.zeros_like(p) for name, p in module.named_parameters()}, 0.0
         counts = update_counts(module, batch)
         if self.replicas is not None:
-            self.replicas.all_sum([*grads.values(), *counts.values()])
+            # in the parameters' order on every replica, whichever branch built the grads
+            self.replicas.all_sum([*(grads[name] for name, _ in module.named_parameters()), *counts.values()])
         apply_update(module, grads, counts, self.velocity, lr, momentum, cfg.weight_decay)
         if self.average is not module:
             with torch.no_grad():
