@@ -162,6 +162,8 @@ def test_cli_names_what_cannot_train_on_the_cluster(movielens_dir, tmp_path, cap
     assert "add --set loss=sampled" in caplog.text
     assert main([*common, "--model", "crbm", "--set", "persistent=true"]) == 2
     assert "drop persistent=true" in caplog.text
+    assert main([*common, "--model", "crbm", "--num-workers", "0"]) == 2
+    assert "--num-workers must be >= 1" in caplog.text
     assert main([*common, "--model", "crbm", "--no-refit"]) == 2
     assert "trains without early stopping" in caplog.text
     # refused before any connection: other machines' workers cannot write a local temp folder

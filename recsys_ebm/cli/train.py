@@ -125,7 +125,8 @@ def _train_and_evaluate(args, tracker) -> tuple[runner.Dataset, runner.PreparedD
     if args.ray_address is not None:  # before any loading or training: what to install or change
         from recsys_ebm.distributed.cluster import require_ray
 
-        cluster_fit.check_cluster_model(args.model, options, args.ray_address, args.ray_storage)
+        cluster_fit.check_cluster_model(args.model, options, args.ray_address, args.ray_storage,
+                                        args.num_workers)
         if args.no_refit:
             raise ValueError("--no-refit selects the early-stopped model; --ray-address trains "
                              "without early stopping (drop one of them)")

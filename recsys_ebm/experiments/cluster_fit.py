@@ -32,8 +32,10 @@ CLUSTER_MODELS = ("dpebm", "crbm")
 
 
 def check_cluster_model(name: str, options: dict[str, Any], address: str,
-                        storage: str | Path | None) -> None:
+                        storage: str | Path | None, num_workers: int = 1) -> None:
     """ValueError naming what to change when ``name`` with ``options`` cannot train on Ray."""
+    if num_workers < 1:
+        raise ValueError(f"--num-workers must be >= 1, got {num_workers}")
     if storage is None and not (address == "local" or is_loopback(address)):
         raise ValueError("training on a cluster of other machines needs --ray-storage DIR, a "
                          "folder every node sees: the checkpoints are written by the workers")
@@ -68,7 +70,7 @@ def fit_on_cluster(name: str, options: dict[str, Any], interactions: Interaction
     named ``run_name`` and their fingerprint) resumes it. Without it a temporary folder is
     used and removed afterwards.
     """
-    check_cluster_model(name, options, address, storage)
+    check_cluster_model(name, options, address, storage, num_workers)
     model = build_model(name, options)
     matrix = model_input(model, interactions)
     run_name = f"{run_name}-{run_fingerprint(name, model.config, matrix)}"
