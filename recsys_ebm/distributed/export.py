@@ -189,8 +189,16 @@ def _run_shards(job: ExportJob, parts: Path, todo: list[int], address: str, num_
                     if on_shard is not None:
                         on_shard(int(row["shard"]), job.n_chunks)
             finally:
-                # stops the pipeline's threads now, not when the traceback is collected
-                getattr(rows, "close", lambda: None)()
+                _close(rows)
+
+
+def _close(rows: Any) -> None:
+    """Stop the pipeline's threads now, not when a traceback holding the iterator is collected;
+    a failure to close is logged, so that it never hides the error that ended the loop."""
+    try:
+        getattr(rows, "close", lambda: None)()
+    except Exception:  # noqa: BLE001  (the pipeline's own error, if any, is the one to raise)
+        logger.warning("closing the Ray Data iterator failed", exc_info=True)
 
 
 def _commit(job: ExportJob, output: Path, parts: Path, manifest: dict[str, Any]) -> int:
