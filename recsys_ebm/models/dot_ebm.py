@@ -118,6 +118,16 @@ class DotEBMConfig(Config):
 DIVERGENCE_FACTOR = 100.0
 
 
+def _step_free_users(module: DotEBMModule, state: _EpochState, index: torch.Tensor,
+                     grad: torch.Tensor) -> None:
+    """The step with the batch's user-vector gradient placed in the table's (zero elsewhere, as
+    autograd's is), then those rows zeroed: the same step, without refilling the whole table."""
+    state.user_grad.index_copy_(0, index, grad)
+    module.user_vectors.grad = state.user_grad
+    state.optimizer.step()
+    state.user_grad.index_fill_(0, index, 0.0)
+
+
 def _dense_rows(user_items: sp.csr_matrix, rows: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(user_items[rows].toarray().astype(np.float32, copy=False))
 
@@ -224,6 +234,8 @@ class _EpochState:
     generator: torch.Generator
     optimizer: torch.optim.Optimizer
     log_proposal: torch.Tensor
+    #: free user vectors' gradient, zero outside the batch in flight (see _step_free_users)
+    user_grad: torch.Tensor | None = None
 
 
 class DotEBM(EmbeddingMixin, Recommender):
@@ -264,7 +276,8 @@ class DotEBM(EmbeddingMixin, Recommender):
         popularity = np.asarray(user_items.sum(axis=0)).ravel() + 1.0
         proposal = popularity**cfg.proposal_alpha
         log_proposal = torch.from_numpy(np.log(proposal / proposal.sum()).astype(np.float32))
-        state = _EpochState(user_items, active, generator, optimizer, log_proposal)
+        user_grad = torch.zeros_like(module.user_vectors) if cfg.user_model == "free" else None
+        state = _EpochState(user_items, active, generator, optimizer, log_proposal, user_grad)
 
         def train_epoch(epoch: int) -> dict[str, float]:
             return self._train_epoch(epoch, state)
@@ -315,8 +328,9 @@ class DotEBM(EmbeddingMixin, Recommender):
             rows = order[start:start + cfg.batch_size]
             # the dense rows only where a step needs them (the sampled loss reads the pairs)
             targets = None
-            if cfg.user_model == "free":
-                vectors = module.user_vectors[torch.from_numpy(rows)]
+            if cfg.user_model == "free":  # a leaf of the batch's rows: see _step_free_users
+                index = torch.from_numpy(rows)
+                vectors = module.user_vectors.detach()[index].requires_grad_()
             else:
                 targets = _dense_rows(state.user_items, rows)
                 vectors = module.encode(targets, state.generator)
@@ -326,10 +340,13 @@ class DotEBM(EmbeddingMixin, Recommender):
             else:
                 nll = module.sampled_loss(vectors, batch_pairs(state.user_items, rows), state.log_proposal,
                                           cfg.n_negatives, state.generator)
-            loss = nll + cfg.l2 * module.l2_penalty(vectors)
+            loss = nll + cfg.l2 * module.l2_penalty(vectors) if cfg.l2 else nll
             state.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            state.optimizer.step()
+            if cfg.user_model == "free":
+                _step_free_users(module, state, index, vectors.grad)
+            else:
+                state.optimizer.step()
             total += float(nll.detach())
             total_nll += float(nll.detach()) * len(rows)
             batches += 1
